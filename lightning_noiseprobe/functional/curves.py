@@ -1,0 +1,481 @@
+r"""Loss-curve analysis around a perturbation: the maths of the paper's Sections 3-4.
+
+Pure tensor functions, batched over any leading dimensions ``[...]`` and the
+token axis ``T`` last. No I/O, no Lightning: the probe runner, the callback
+and the CLI all call these same functions.
+
+Notation (per clip): clean per-token loss :math:`l_t(x)`, perturbed per-token
+loss :math:`l_t(x')` (both averaged over codebooks), token-wise difference
+
+.. math:: \Delta_t = l_t(x') - l_t(x)
+
+and its centred moving average :math:`\bar\Delta_t` (window :math:`w = 5`).
+Given the perturbation start :math:`s` (the first token whose codes differ,
+or the nominal onset), the regions are half-open token intervals:
+
+* Peak :math:`[s, p)`: :math:`p` is the first :math:`t \ge s` such that
+  :math:`\bar\Delta_{t..t+4} < 0` (five consecutive tokens below zero).
+* Assimilation :math:`[p, a)`: :math:`a` is the first :math:`t \ge p` such
+  that :math:`\bar\Delta_{t..t+4} \ge 0`.
+* Recovery :math:`[a, T)`: the rest of the clip.
+
+Both :math:`p` and :math:`a` are capped at :math:`c = \min(T, o + L + m)`,
+the end of the injection window (onset :math:`o`, length :math:`L`) plus a
+margin :math:`m` (default 5 tokens: the smoothing window, which also covers
+the codec's receptive field and MusicGen's 3-frame codebook delay). Without the
+cap, a short injection whose loss never dips would stretch its Peak over the
+whole clip. Empty regions (``start == end``) are allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from lightning_noiseprobe._errors import NoiseProbeError
+
+__all__ = [
+    "METRIC_NAMES",
+    "REGION_NAMES",
+    "CurveAnalysis",
+    "analyze_curves",
+    "codebook_average",
+    "detect_regions",
+    "first_differing_token",
+    "moving_average",
+    "region_metrics",
+]
+
+REGION_NAMES = ("peak", "assimilation", "recovery")
+
+#: Per-clip metrics, in the order of :class:`CurveAnalysis`' metric fields.
+METRIC_NAMES = (
+    "delta_loss",
+    "clean_loss",
+    "peak_mean",
+    "assimilation_mean",
+    "recovery_mean",
+    "recovery_std",
+    "peak_height",
+    "peak_width",
+    "peak_area",
+    "peak_sharpness",
+)
+
+_SHARPNESS_EPS = 1e-6
+
+
+def _check_finite(name: str, t: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    values = t if mask is None else t[mask]
+    if not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise NoiseProbeError(
+            f"Expected argument `{name}` to hold finite values but got {bad} NaN/inf entries."
+            " Check the model's outputs (invalid delay-pattern positions must be masked)."
+        )
+
+
+def codebook_average(nll: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average per-codebook losses into one loss per frame (the paper's ``tokens_avg``).
+
+    Args:
+        nll: ``[..., K, T]`` per-codebook per-token losses.
+        mask: ``[..., K, T]`` bool, ``True`` where the loss is valid.
+
+    Returns:
+        ``(loss [..., T], valid [..., T])``: the mean over the valid codebooks
+        of each frame, and whether any codebook was valid there (``loss`` is 0
+        where not valid).
+
+    Example:
+        >>> nll = torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 0.0]])
+        >>> mask = torch.tensor([[True, True, True], [True, True, False]])
+        >>> loss, valid = codebook_average(nll, mask)
+        >>> loss
+        tensor([2., 3., 3.])
+        >>> valid
+        tensor([True, True, True])
+    """
+    if nll.shape != mask.shape:
+        raise NoiseProbeError(
+            f"Expected `nll` and `mask` to have the same shape but got {tuple(nll.shape)}"
+            f" and {tuple(mask.shape)}."
+        )
+    mask = mask.bool()
+    _check_finite("nll", nll, mask)
+    weights = mask.to(torch.float32)
+    total = torch.where(mask, nll.float(), 0.0).sum(-2)
+    count = weights.sum(-2)
+    valid = count > 0
+    return torch.where(valid, total / count.clamp_min(1.0), 0.0), valid
+
+
+def first_differing_token(clean_codes: torch.Tensor, perturbed_codes: torch.Tensor) -> torch.Tensor:
+    """Index of the first frame where any codebook's code differs.
+
+    Because the codec's convolutions see a few frames around each sample, the
+    codes usually change a few frames before the nominal onset; this is the
+    true start of the perturbation.
+
+    Args:
+        clean_codes: ``[..., K, T]`` codes of the clean clip.
+        perturbed_codes: ``[..., K, T]`` codes of the perturbed clip.
+
+    Returns:
+        ``[...]`` long tensor; ``T`` where no code differs.
+
+    Example:
+        >>> clean = torch.zeros(2, 4, 10, dtype=torch.long)
+        >>> pert = clean.clone(); pert[0, 2, 6] = 5
+        >>> first_differing_token(clean, pert)
+        tensor([ 6, 10])
+    """
+    if clean_codes.shape != perturbed_codes.shape:
+        raise NoiseProbeError(
+            f"Expected clean and perturbed codes of the same shape but got"
+            f" {tuple(clean_codes.shape)} and {tuple(perturbed_codes.shape)}."
+        )
+    differs = (clean_codes != perturbed_codes).any(-2)  # [..., T]
+    T = differs.shape[-1]
+    pos = torch.arange(T, device=differs.device)
+    return torch.where(differs, pos, T).amin(-1)
+
+
+def moving_average(x: torch.Tensor, window: int = 5, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Centred moving average along the last axis.
+
+    Near the edges (and next to invalid tokens) the average is taken over the
+    tokens that exist, so the curve is not pulled towards zero.
+
+    Args:
+        x: ``[..., T]``.
+        window: odd window length in tokens.
+        valid: optional ``[..., T]`` bool; invalid tokens are left out.
+
+    Returns:
+        ``[..., T]`` smoothed curve (float32).
+
+    Example:
+        >>> moving_average(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0]), window=3)
+        tensor([0.0000, 1.6667, 1.6667, 1.6667, 0.0000])
+    """
+    if window < 1 or window % 2 == 0:
+        raise NoiseProbeError(f"Expected argument `window` to be a positive odd integer but got {window}.")
+    x = x.float()
+    w = torch.ones_like(x) if valid is None else valid.to(torch.float32)
+    flat_x = (x * w).reshape(-1, 1, x.shape[-1])
+    flat_w = w.reshape(-1, 1, x.shape[-1])
+    kernel = torch.ones(1, 1, window, dtype=torch.float32, device=x.device)
+    pad = window // 2
+    num = torch.nn.functional.conv1d(flat_x, kernel, padding=pad)
+    den = torch.nn.functional.conv1d(flat_w, kernel, padding=pad)
+    out = torch.where(den > 0, num / den.clamp_min(1.0), 0.0)
+    return out.reshape(x.shape)
+
+
+def _first_run_start(cond: torch.Tensor, run: int, start: torch.Tensor, default: torch.Tensor) -> torch.Tensor:
+    """First ``t >= start`` where ``cond[t:t+run]`` is all true; ``default`` if none."""
+    T = cond.shape[-1]
+    if T >= run:
+        windows = cond.float().unfold(-1, run, 1).amin(-1) > 0  # [..., T - run + 1]
+    else:
+        windows = cond[..., :0]
+    pos = torch.arange(windows.shape[-1], device=cond.device)
+    ok = windows & (pos >= start.unsqueeze(-1))
+    found = torch.where(ok, pos, T).amin(-1)
+    return torch.where(found < T, found, default)
+
+
+def detect_regions(
+    smoothed: torch.Tensor,
+    start: torch.Tensor | int,
+    window_end: torch.Tensor | int,
+    margin: int = 5,
+    run: int = 5,
+) -> torch.Tensor:
+    """Detect the Peak, Assimilation and Recovery regions (Section 4.2).
+
+    Args:
+        smoothed: ``[..., T]`` smoothed loss difference.
+        start: ``[...]`` (or int) perturbation start token.
+        window_end: ``[...]`` (or int) end of the injection window, ``onset + length``.
+        margin: tokens after ``window_end`` within which Peak and Assimilation must end.
+        run: consecutive tokens needed to accept a zero crossing (the paper uses 5).
+
+    Returns:
+        ``[..., 3, 2]`` long tensor of half-open ``[start, end)`` intervals for
+        peak, assimilation and recovery (see the module docstring).
+
+    Example:
+        >>> d = torch.tensor([0., 0., 3., 2., -1., -1., -1., -1., -1., -1., 1., 1., 1., 1., 1., 0.])
+        >>> detect_regions(d, start=2, window_end=9, margin=2)
+        tensor([[ 2,  4],
+                [ 4, 10],
+                [10, 16]])
+    """
+    T = smoothed.shape[-1]
+    batch = smoothed.shape[:-1]
+    device = smoothed.device
+    start_t = torch.as_tensor(start, device=device).long().expand(batch).clamp(0, T)
+    cap = (torch.as_tensor(window_end, device=device).long().expand(batch) + margin).clamp(max=T)
+    cap = torch.maximum(cap, start_t)
+    peak_end = _first_run_start(smoothed < 0, run, start_t, cap)
+    peak_end = torch.minimum(peak_end, cap)
+    assim_end = _first_run_start(smoothed >= 0, run, peak_end, cap)
+    assim_end = torch.minimum(assim_end, cap)
+    end_t = torch.full_like(start_t, T)
+    bounds = torch.stack([start_t, peak_end, peak_end, assim_end, assim_end, end_t], dim=-1)
+    return bounds.reshape(*batch, 3, 2)
+
+
+def _region_mask(regions: torch.Tensor, index: int, T: int) -> torch.Tensor:
+    pos = torch.arange(T, device=regions.device)
+    lo = regions[..., index, 0].unsqueeze(-1)
+    hi = regions[..., index, 1].unsqueeze(-1)
+    return (pos >= lo) & (pos < hi)
+
+
+def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    n = m.sum(-1)
+    s = torch.where(m, x, 0.0).sum(-1)
+    return torch.where(n > 0, s / n.clamp_min(1), torch.nan)
+
+
+def _masked_std(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    mean = _masked_mean(x, m)
+    n = m.sum(-1)
+    var = torch.where(m, (x - mean.unsqueeze(-1)) ** 2, 0.0).sum(-1) / n.clamp_min(1)
+    return torch.where(n > 0, var.sqrt(), torch.nan)
+
+
+@dataclass
+class CurveAnalysis:
+    """Result of :func:`analyze_curves`; every field has the batch shape ``[...]``
+    unless stated otherwise.
+
+    Region means over an empty region are NaN (the region is reported empty in
+    :attr:`regions`); the peak-shape metrics of an empty Peak are 0 (no peak).
+    """
+
+    delta: torch.Tensor  #: ``[..., T]`` token-wise difference (0 where invalid)
+    smoothed: torch.Tensor  #: ``[..., T]`` moving average of ``delta``
+    start: torch.Tensor  #: perturbation start token
+    regions: torch.Tensor  #: ``[..., 3, 2]`` peak / assimilation / recovery intervals
+    delta_loss: torch.Tensor
+    clean_loss: torch.Tensor
+    peak_mean: torch.Tensor
+    assimilation_mean: torch.Tensor
+    recovery_mean: torch.Tensor
+    recovery_std: torch.Tensor
+    peak_height: torch.Tensor
+    peak_width: torch.Tensor
+    peak_area: torch.Tensor
+    peak_sharpness: torch.Tensor
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """The per-clip metrics by name (see :data:`METRIC_NAMES`)."""
+        return {name: getattr(self, name) for name in METRIC_NAMES}
+
+    def to_records(self) -> list[dict[str, object]]:
+        """One JSON-able dict per clip (batch flattened), NaN written as ``None``."""
+        batch = self.start.shape
+        n = int(torch.tensor(batch).prod()) if len(batch) else 1
+        regions = self.regions.reshape(n, 3, 2).tolist()
+        starts = self.start.reshape(n).tolist()
+        metrics = {k: v.reshape(n).tolist() for k, v in self.metrics().items()}
+        out: list[dict[str, object]] = []
+        for i in range(n):
+            rec: dict[str, object] = {
+                "start": int(starts[i]),
+                "regions": {name: [int(a), int(b)] for name, (a, b) in zip(REGION_NAMES, regions[i])},
+            }
+            for k, v in metrics.items():
+                fv = float(v[i])
+                rec[k] = None if math.isnan(fv) else (int(fv) if k == "peak_width" else fv)
+            out.append(rec)
+        return out
+
+
+def region_metrics(
+    delta: torch.Tensor,
+    smoothed: torch.Tensor,
+    clean: torch.Tensor,
+    valid: torch.Tensor,
+    regions: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    r"""Peak-shape and per-region metrics for detected regions.
+
+    * ``peak_mean``, ``assimilation_mean``, ``recovery_mean``: mean of
+      :math:`\Delta_t` over the region's valid tokens (NaN if empty);
+    * ``recovery_std``: population standard deviation of :math:`\Delta_t` in Recovery;
+    * ``peak_height`` :math:`= \max_{t \in \text{Peak}} \bar\Delta_t` (0 if empty);
+    * ``peak_width``: Peak length in tokens;
+    * ``peak_area`` :math:`= \sum_{t \in \text{Peak}} \max(\Delta_t, 0)`;
+    * ``peak_sharpness`` :math:`= h / \max(\sigma_{pre}, 10^{-6})`, the Peak height
+      as a z-score of the clean loss's standard deviation before the start.
+
+    Args:
+        delta: ``[..., T]`` token-wise difference.
+        smoothed: ``[..., T]`` its moving average.
+        clean: ``[..., T]`` clean per-token loss.
+        valid: ``[..., T]`` bool.
+        regions: ``[..., 3, 2]`` from :func:`detect_regions`.
+
+    Returns:
+        dict of ``[...]`` float32 tensors named as in :data:`METRIC_NAMES` (minus
+        ``delta_loss`` and ``clean_loss``).
+
+    Example:
+        >>> d = torch.tensor([0., 0., 3., 1., -2., -2.])
+        >>> clean = torch.tensor([1., 3., 2., 2., 2., 2.])
+        >>> regions = torch.tensor([[2, 4], [4, 6], [6, 6]])
+        >>> m = region_metrics(d, d, clean, torch.ones(6, dtype=torch.bool), regions)
+        >>> m["peak_mean"], m["peak_area"], m["peak_sharpness"], m["recovery_mean"]
+        (tensor(2.), tensor(4.), tensor(3.), tensor(nan))
+    """
+    T = delta.shape[-1]
+    masks = [_region_mask(regions, i, T) & valid for i in range(3)]
+    peak, assim, recov = masks
+    width = (regions[..., 0, 1] - regions[..., 0, 0]).to(torch.float32)
+    has_peak = peak.any(-1)
+    height = torch.where(peak, smoothed, -torch.inf).amax(-1)
+    height = torch.where(has_peak, height, 0.0)
+    area = torch.where(peak, delta.clamp_min(0.0), 0.0).sum(-1)
+    pos = torch.arange(T, device=delta.device)
+    pre = (pos < regions[..., 0, 0].unsqueeze(-1)) & valid
+    pre_std = _masked_std(clean, pre)
+    if torch.isnan(torch.where(has_peak, pre_std, 0.0)).any():
+        raise NoiseProbeError(
+            "Expected at least one valid clean token before the perturbation start to compute"
+            " `peak_sharpness` but got none. Use a later `onset`."
+        )
+    sharpness = torch.where(has_peak, height / pre_std.nan_to_num(1.0).clamp_min(_SHARPNESS_EPS), 0.0)
+    return {
+        "peak_mean": _masked_mean(delta, peak),
+        "assimilation_mean": _masked_mean(delta, assim),
+        "recovery_mean": _masked_mean(delta, recov),
+        "recovery_std": _masked_std(delta, recov),
+        "peak_height": height,
+        "peak_width": width,
+        "peak_area": area,
+        "peak_sharpness": sharpness,
+    }
+
+
+def analyze_curves(
+    clean: torch.Tensor,
+    perturbed: torch.Tensor,
+    onset: int | torch.Tensor,
+    length: int | torch.Tensor,
+    *,
+    valid: torch.Tensor | None = None,
+    clean_codes: torch.Tensor | None = None,
+    perturbed_codes: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
+    smoothing: int = 5,
+    margin: int = 5,
+    run: int = 5,
+) -> CurveAnalysis:
+    r"""Analyse clean vs perturbed per-token loss curves around an injection.
+
+    ``delta_loss`` is the mean of :math:`\Delta_t` over valid tokens and
+    ``clean_loss`` the mean clean loss; the regions and their metrics are
+    described in the module docstring and :func:`region_metrics`.
+
+    Args:
+        clean: ``[..., T]`` clean per-token loss (codebook-averaged).
+        perturbed: ``[..., T]`` perturbed per-token loss.
+        onset: injection onset token (int or ``[...]``).
+        length: injection length in tokens (int or ``[...]``).
+        valid: optional ``[..., T]`` bool mask of tokens to use.
+        clean_codes, perturbed_codes: optional ``[..., K, T]`` codes; when both are
+            given, the start is :func:`first_differing_token` (capped at the onset
+            + length, since codes that never differ mean the model saw nothing).
+        start: optional explicit ``[...]`` start token (wins over codes).
+        smoothing: moving-average window (odd).
+        margin: tokens after the window end within which Peak and Assimilation end.
+        run: consecutive tokens needed to accept a zero crossing.
+
+    Returns:
+        :class:`CurveAnalysis`.
+
+    Raises:
+        NoiseProbeError: on shape mismatch, NaN/inf losses, empty curves,
+            a non-positive length or a window outside the clip.
+
+    Example:
+        >>> T = 40
+        >>> clean = torch.full((T,), 2.0); clean[::2] += 0.5
+        >>> delta = torch.zeros(T); delta[10:13] = 3.0; delta[13:20] = -1.0
+        >>> a = analyze_curves(clean, clean + delta, onset=10, length=10)
+        >>> a.regions.tolist()
+        [[10, 14], [14, 22], [22, 40]]
+        >>> round(float(a.peak_mean), 3), round(float(a.assimilation_mean), 3)
+        (2.0, -0.75)
+        >>> round(float(a.peak_height), 3), round(float(a.peak_sharpness), 3)
+        (1.8, 7.2)
+    """
+    if clean.shape != perturbed.shape:
+        raise NoiseProbeError(
+            f"Expected clean and perturbed curves of the same shape but got {tuple(clean.shape)}"
+            f" and {tuple(perturbed.shape)}."
+        )
+    if clean.ndim == 0 or clean.shape[-1] == 0:
+        raise NoiseProbeError(f"Expected non-empty loss curves but got shape {tuple(clean.shape)}.")
+    T = clean.shape[-1]
+    batch = clean.shape[:-1]
+    device = clean.device
+    if valid is None:
+        valid = torch.ones_like(clean, dtype=torch.bool)
+    elif valid.shape != clean.shape:
+        raise NoiseProbeError(
+            f"Expected `valid` of shape {tuple(clean.shape)} but got {tuple(valid.shape)}."
+        )
+    valid = valid.bool()
+    if not valid.any(-1).all():
+        raise NoiseProbeError("Expected at least one valid token per curve but got a curve with none.")
+    _check_finite("clean", clean, valid)
+    _check_finite("perturbed", perturbed, valid)
+    onset_t = torch.as_tensor(onset, device=device).long().expand(batch)
+    length_t = torch.as_tensor(length, device=device).long().expand(batch)
+    if (length_t <= 0).any():
+        raise NoiseProbeError(f"Expected argument `length` to be positive but got {length_t.min().item()}.")
+    if (onset_t < 0).any() or (onset_t + length_t > T).any():
+        raise NoiseProbeError(
+            f"Expected the window [onset, onset + length) inside the {T}-token curve but got"
+            f" onset={onset_t.max().item()}, length={length_t.max().item()}."
+        )
+    window_end = onset_t + length_t
+    if start is not None:
+        start_t = torch.as_tensor(start, device=device).long().expand(batch)
+    elif clean_codes is not None and perturbed_codes is not None:
+        start_t = torch.minimum(first_differing_token(clean_codes, perturbed_codes), window_end)
+    else:
+        start_t = onset_t
+
+    clean32 = clean.float()
+    delta = torch.where(valid, perturbed.float() - clean32, 0.0)
+    smoothed = moving_average(delta, smoothing, valid)
+    regions = detect_regions(smoothed, start_t, window_end, margin=margin, run=run)
+    metrics = region_metrics(delta, smoothed, clean32, valid, regions)
+    return CurveAnalysis(
+        delta=delta,
+        smoothed=smoothed,
+        start=start_t,
+        regions=regions,
+        delta_loss=_masked_mean(delta, valid),
+        clean_loss=_masked_mean(clean32, valid),
+        **metrics,
+    )
+
+
+def stack_analyses(analyses: Sequence[CurveAnalysis]) -> CurveAnalysis:
+    """Concatenate per-batch analyses along the first axis (same ``T``)."""
+    if not analyses:
+        raise NoiseProbeError("Expected at least one analysis to stack but got none.")
+    return CurveAnalysis(
+        **{f.name: torch.cat([getattr(a, f.name) for a in analyses]) for f in fields(CurveAnalysis)}
+    )
