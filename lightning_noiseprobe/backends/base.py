@@ -11,6 +11,7 @@ codes (no shift: ``nll[b, k, t]`` is ``-log p(codes[b, k, t] | past)``).
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -133,7 +134,9 @@ class ProbeBackend(ABC):
 _REGISTRY: dict[str, Callable[..., ProbeBackend]] = {}
 
 
-def register_backend(name: str) -> Callable[[Callable[..., ProbeBackend]], Callable[..., ProbeBackend]]:
+def register_backend(
+    name: str,
+) -> Callable[[Callable[..., ProbeBackend]], Callable[..., ProbeBackend]]:
     """Class decorator adding a backend factory to the registry under ``name``."""
 
     def wrap(factory: Callable[..., ProbeBackend]) -> Callable[..., ProbeBackend]:
@@ -147,10 +150,8 @@ def _ensure_builtin_backends() -> None:
     # Importing the modules registers them; they import their heavy libraries lazily.
     from lightning_noiseprobe.backends import audiocraft as _audiocraft  # noqa: F401
 
-    try:
+    with contextlib.suppress(ImportError):
         from lightning_noiseprobe.backends import transformers as _transformers  # noqa: F401
-    except ImportError:
-        pass
 
 
 def available_backends() -> list[str]:

@@ -1,0 +1,771 @@
+"""The audiocraft backend: MusicGen as trained and released by Meta.
+
+Three sources, picked by ``model``:
+
+* ``"tiny"``: a tiny MusicGen with MusicGen's real interface (32 kHz mono,
+  50 Hz, 4 codebooks x 2048, delay pattern ``[0, 1, 2, 3]``) built offline
+  from audiocraft's own builders, seeded. For tests and demos; no download.
+* a local folder holding ``state_dict.bin`` and ``compression_state_dict.bin``
+  in audiocraft's export format (see :func:`save_audiocraft_export`).
+* a Hugging Face hub id such as ``facebook/musicgen-small``.
+
+audiocraft is imported only inside functions, so importing this module (which
+registers the backend) stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.backends.base import ProbeBackend, register_backend
+from lightning_noiseprobe.functional.losses import token_nll_from_logits
+
+if TYPE_CHECKING:
+    from audiocraft.models.musicgen import MusicGen
+
+__all__ = [
+    "EXPORT_FILES",
+    "TINY_DEFAULTS",
+    "AudiocraftBackend",
+    "build_tiny_musicgen",
+    "save_audiocraft_export",
+]
+
+#: The two files of an audiocraft export folder (LM, then codec).
+EXPORT_FILES = ("state_dict.bin", "compression_state_dict.bin")
+
+#: Size knobs of the tiny model, accepted by :func:`build_tiny_musicgen`.
+TINY_DEFAULTS: dict[str, Any] = {
+    "dim": 64,  # transformer width
+    "num_heads": 4,
+    "num_layers": 2,
+    "lut_bins": 64,  # text-conditioning lookup-table size (noop tokenizer: one bin per text)
+    "lut_dim": 16,
+    "n_filters": 4,  # SEANet base width of the codec
+    "codec_dim": 32,  # codec latent dimension
+    "segment_duration": 30,  # seconds, MusicGen's training segment (sets max generation length)
+}
+
+# The parts of audiocraft's composed Hydra configs that its builders and loaders
+# read. The audiocraft wheel does not ship its `config/` folder, so these are
+# copied from `solver=musicgen/musicgen_base_32khz model/lm/model_scale=xsmall`
+# and `solver=compression/encodec_musicgen_32khz` (audiocraft 1.3.0), with the
+# T5 conditioner replaced by a LUT and the `{size}` entries filled in from
+# TINY_DEFAULTS.
+_LM_CFG: dict[str, Any] = {
+    "device": "cpu",
+    "dtype": "float32",
+    "sample_rate": 32000,
+    "channels": 1,
+    "compression_model_checkpoint": None,
+    "lm_model": "transformer_lm",
+    "transformer_lm": {
+        "dim": "{dim}",
+        "num_heads": "{num_heads}",
+        "num_layers": "{num_layers}",
+        "hidden_scale": 4,
+        "n_q": 4,
+        "card": 2048,
+        "dropout": 0.0,
+        "emb_lr": None,
+        "activation": "gelu",
+        "norm_first": True,
+        "bias_ff": False,
+        "bias_attn": False,
+        "bias_proj": False,
+        "past_context": None,
+        "causal": True,
+        "custom": False,
+        "memory_efficient": True,
+        "attention_as_float32": False,
+        "layer_scale": None,
+        "positional_embedding": "sin",
+        "xpos": False,
+        "checkpointing": "none",
+        "weight_init": "gaussian",
+        "depthwise_init": "current",
+        "zero_bias_init": True,
+        "norm": "layer_norm",
+        "cross_attention": False,
+        "qk_layer_norm": False,
+        "qk_layer_norm_cross": False,
+        "attention_dropout": None,
+        "kv_repeat": 1,
+        "two_step_cfg": False,
+    },
+    "codebooks_pattern": {
+        "modeling": "delay",
+        "delay": {"delays": [0, 1, 2, 3], "flatten_first": 0, "empty_initial": 0},
+    },
+    "attribute_dropout": {},
+    "classifier_free_guidance": {"training_dropout": 0.3, "inference_coef": 3.0},
+    "fuser": {
+        "cross_attention_pos_emb": False,
+        "cross_attention_pos_emb_scale": 1,
+        "sum": [],
+        "prepend": [],
+        "cross": ["description"],
+        "input_interpolate": [],
+    },
+    "conditioners": {
+        "description": {
+            "model": "lut",
+            # `noop`: one token per text, no download (`whitespace` needs a spaCy model).
+            "lut": {"n_bins": "{lut_bins}", "dim": "{lut_dim}", "tokenizer": "noop"},
+        }
+    },
+    "dataset": {"segment_duration": "{segment_duration}"},
+}
+
+_CODEC_CFG: dict[str, Any] = {
+    "device": "cpu",
+    "dtype": "float32",
+    "sample_rate": 32000,
+    "channels": 1,
+    "compression_model": "encodec",
+    "encodec": {
+        "autoencoder": "seanet",
+        "quantizer": "rvq",
+        "sample_rate": 32000,
+        "channels": 1,
+        "causal": False,
+        "renormalize": False,
+    },
+    "seanet": {
+        "dimension": "{codec_dim}",
+        "channels": 1,
+        "causal": False,
+        "n_filters": "{n_filters}",
+        "n_residual_layers": 1,
+        "ratios": [8, 5, 4, 4],  # hop 640: 50 Hz at 32 kHz
+        "activation": "ELU",
+        "activation_params": {"alpha": 1.0},
+        "norm": "weight_norm",
+        "norm_params": {},
+        "kernel_size": 7,
+        "residual_kernel_size": 3,
+        "last_kernel_size": 7,
+        "dilation_base": 2,
+        "pad_mode": "constant",
+        "true_skip": True,
+        "compress": 2,
+        "lstm": 2,
+        "disable_norm_outer_blocks": 0,
+        "decoder": {
+            "trim_right_ratio": 1.0,
+            "final_activation": None,
+            "final_activation_params": None,
+        },
+        "encoder": {},
+    },
+    "rvq": {
+        "n_q": 4,
+        "q_dropout": False,
+        "bins": 2048,
+        "decay": 0.99,
+        "kmeans_init": False,  # with k-means init the codebooks stay zero until trained
+        "kmeans_iters": 50,
+        "threshold_ema_dead_code": 2,
+        "orthogonal_reg_weight": 0.0,
+        "orthogonal_reg_active_codes_only": False,
+    },
+}
+
+_HUB_SHORT_NAMES = {
+    "small": "facebook/musicgen-small",
+    "medium": "facebook/musicgen-medium",
+    "large": "facebook/musicgen-large",
+    "melody": "facebook/musicgen-melody",
+}
+
+
+def _fill(template: Any, values: dict[str, Any]) -> Any:
+    """Replace ``"{key}"`` strings in a nested config template by ``values[key]``."""
+    if isinstance(template, dict):
+        return {k: _fill(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, values) for v in template]
+    if isinstance(template, str) and template.startswith("{") and template.endswith("}"):
+        return values[template[1:-1]]
+    return template
+
+
+def build_tiny_musicgen(seed: int = 0, **overrides: Any) -> MusicGen:
+    """Build a tiny, randomly initialised MusicGen offline (CPU, float32, eval mode).
+
+    Same shapes and interface as ``facebook/musicgen-small`` (EnCodec 32 kHz
+    mono, 50 Hz, 4 codebooks x 2048, delay pattern ``[0, 1, 2, 3]``, text
+    conditioning through cross-attention) but about 1.2 M LM weights (mostly
+    the 2048-way embeddings and heads) and 0.25 M codec weights, built with ``audiocraft.models.builders``. Text goes through a
+    ``lut`` conditioner with the ``noop`` tokenizer (one learned embedding per
+    distinct text, hashed into ``lut_bins`` bins). The codec is random too,
+    except that its RVQ codebooks are drawn from its own latents of varied
+    synthetic audio (no k-means, no training), so the codes follow the audio
+    (noise uses hundreds of distinct codes per codebook, not a handful).
+
+    The same ``seed`` and ``overrides`` give bitwise identical weights; the
+    global RNG state is left untouched.
+
+    Args:
+        seed: seed for the weight initialisation.
+        **overrides: size knobs, any of :data:`TINY_DEFAULTS`.
+
+    Returns:
+        An ``audiocraft.models.musicgen.MusicGen``; its ``lm.cfg`` and
+        ``compression_model.cfg`` hold the configs used (for export).
+
+    Raises:
+        NoiseProbeError: on an unknown override.
+    """
+    unknown = sorted(set(overrides) - set(TINY_DEFAULTS))
+    if unknown:
+        raise NoiseProbeError(
+            f"Expected tiny-model overrides among {sorted(TINY_DEFAULTS)} but got {unknown}."
+        )
+    from audiocraft.models.musicgen import MusicGen
+
+    lm, codec = _build_tiny_parts(seed, overrides)
+    return MusicGen("tiny", codec, lm)  # puts both in eval mode
+
+
+def _build_tiny_parts(seed: int, overrides: dict[str, Any]) -> tuple[Any, Any]:
+    from audiocraft.models import builders
+    from omegaconf import OmegaConf
+
+    values = {**TINY_DEFAULTS, **overrides}
+    lm_cfg = OmegaConf.create(_fill(_LM_CFG, values))
+    codec_cfg = OmegaConf.create(_fill(_CODEC_CFG, values))
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+        torch.manual_seed(seed)
+        lm = builders.get_lm_model(lm_cfg)
+        codec = builders.get_compression_model(codec_cfg)
+    _init_codebooks_from_audio(codec, seed)
+    lm.cfg = lm_cfg  # as audiocraft's loaders do; MusicGen reads it
+    codec.cfg = codec_cfg
+    return lm, codec
+
+
+def _calibration_audio(
+    clips: int, samples: int, sample_rate: int, g: torch.Generator
+) -> torch.Tensor:
+    """``[clips, 1, samples]`` of varied audio: coloured noise at random levels plus a sine."""
+    freqs = torch.fft.rfftfreq(samples, d=1.0 / sample_rate).clamp_min(20.0)
+    colour = torch.rand(clips, 1, generator=g) * 2.0  # 0 white, 1 pink, 2 brown
+    spectrum = torch.randn(clips, freqs.numel(), dtype=torch.complex64, generator=g)
+    noise = torch.fft.irfft(spectrum * freqs.pow(-colour / 2), n=samples)
+    noise = noise / noise.pow(2).mean(-1, keepdim=True).sqrt()
+    gain = 10 ** (torch.rand(clips, 1, generator=g) * 2.5 - 2.8)  # about -56 to -6 dBFS
+    tone_freq = 10 ** (torch.rand(clips, 1, generator=g) * 2.0 + 1.7)  # 50 Hz to 5 kHz
+    tone_amp = torch.rand(clips, 1, generator=g) * gain * 2
+    t = torch.arange(samples) / sample_rate
+    tone = tone_amp * torch.sin(2 * torch.pi * tone_freq * t)
+    return (gain * noise + tone).unsqueeze(1)
+
+
+def _init_codebooks_from_audio(
+    codec: Any, seed: int, clips: int = 16, seconds: float = 1.5
+) -> None:
+    """Set each RVQ codebook to (jittered) residual latents of varied audio.
+
+    Random (kaiming) codebooks are 4x larger than the tiny encoder's latents,
+    so nearly every frame would map to the few smallest codewords and the
+    codes would hardly depend on the audio. This is the first step of
+    audiocraft's k-means initialisation (sample the data), without its
+    iterations; deterministic for a given ``seed``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    wav = _calibration_audio(clips, int(seconds * codec.sample_rate), codec.sample_rate, g)
+    with torch.no_grad():
+        residual = codec.encoder(wav)  # [B, D, T]
+        for layer in codec.quantizer.vq.layers:
+            codebook = layer._codebook
+            bins, dim = codebook.embed.shape
+            frames = residual.transpose(1, 2).reshape(-1, dim)
+            pick = torch.randint(frames.shape[0], (bins,), generator=g)
+            jitter = 0.1 * frames.std(0) * torch.randn(bins, dim, generator=g)
+            embed = frames[pick] + jitter
+            codebook.embed.copy_(embed)
+            codebook.embed_avg.copy_(embed)
+            residual = residual - layer.decode(layer.encode(residual))
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_audiocraft_export(
+    musicgen: Any, folder: str | os.PathLike[str], codec_file: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write a MusicGen as an audiocraft export folder.
+
+    Writes ``state_dict.bin`` (LM) and ``compression_state_dict.bin`` (codec),
+    each ``{'xp.cfg': <YAML string>, 'best_state': state_dict, 'version',
+    'exported': True}`` as ``audiocraft.utils.export`` does, so that
+    ``MusicGen.get_pretrained(folder)`` and ``AudiocraftBackend(model=folder)``
+    load it, with torch's safe ``weights_only=True`` loading. Each file is
+    written to a temporary file and moved into place.
+
+    Args:
+        musicgen: an ``audiocraft`` ``MusicGen`` (or anything with ``.lm`` and
+            ``.compression_model``) whose LM and codec carry their config as
+            ``.cfg`` (true for :func:`build_tiny_musicgen`; for the LM also
+            for audiocraft's loaders).
+        folder: output folder, created if missing.
+        codec_file: an existing ``compression_state_dict.bin`` to copy instead of
+            serialising the codec (the codec is frozen during fine-tuning; models
+            loaded from a folder or the hub keep no codec config to re-serialise).
+
+    Returns:
+        The folder, as a :class:`~pathlib.Path`.
+
+    Raises:
+        NoiseProbeError: if the LM or codec has no ``cfg``.
+    """
+    import shutil
+
+    import audiocraft
+    from omegaconf import OmegaConf
+
+    folder = Path(folder)
+    parts = {EXPORT_FILES[0]: musicgen.lm}
+    if codec_file is None:
+        parts[EXPORT_FILES[1]] = musicgen.compression_model
+    packages = {}
+    for filename, module in parts.items():
+        cfg = getattr(module, "cfg", None)
+        if cfg is None:
+            raise NoiseProbeError(
+                f"Expected the module for `{filename}` ({type(module).__name__}) to carry its "
+                "audiocraft config as `.cfg` but it has none; only models built by "
+                "`build_tiny_musicgen` or loaded by audiocraft's loaders can be exported."
+            )
+        state = {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
+        packages[filename] = {
+            "xp.cfg": OmegaConf.to_yaml(cfg),
+            "best_state": state,
+            "version": audiocraft.__version__,
+            "exported": True,
+        }
+    folder.mkdir(parents=True, exist_ok=True)
+    for filename, package in packages.items():
+        _atomic_torch_save(package, folder / filename)
+    if (
+        codec_file is not None
+        and Path(codec_file).resolve() != (folder / EXPORT_FILES[1]).resolve()
+    ):
+        from lightning_noiseprobe._io import atomic_path
+
+        with atomic_path(folder / EXPORT_FILES[1]) as tmp:
+            shutil.copyfile(codec_file, tmp)
+    return folder
+
+
+def _hf_offline() -> bool:
+    """Whether the hub must not be contacted (read at call time, unlike huggingface_hub)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return env in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("AUDIOCRAFT_CACHE_DIR") or constants.HF_HUB_CACHE
+
+
+def _looks_like_path(model: str) -> bool:
+    return (
+        model.startswith((".", "/", "~", "\\"))
+        or model.count("/") > 1
+        or model.endswith((".bin", ".th", ".pt"))
+        or (os.sep != "/" and os.sep in model)
+    )
+
+
+@register_backend("audiocraft")
+class AudiocraftBackend(ProbeBackend):
+    """MusicGen through audiocraft: frozen EnCodec plus the LM that fine-tunes.
+
+    The constructor only records its arguments; :meth:`load` imports
+    audiocraft and builds or loads the weights.
+
+    Loading from a folder or the hub goes through audiocraft's loaders with
+    torch's default ``weights_only=True`` (torch >= 2.6): this backend never
+    passes ``weights_only=False`` for files it did not write, because that
+    would let a checkpoint run arbitrary code. Exports whose ``xp.cfg`` is a
+    YAML string (``audiocraft.utils.export``, :func:`save_audiocraft_export`,
+    the official hub checkpoints) load safely; files with a pickled OmegaConf
+    config are refused with a message asking to re-export them.
+
+    The LM is kept in ``dtype`` (float32 by default, also on CUDA, where
+    audiocraft's own loader would cast it to float16 and make fine-tuning
+    lossy). The codec is frozen: eval mode and ``requires_grad=False``.
+    After :meth:`load` the LM is in eval mode; afterwards its train/eval mode
+    belongs to the caller.
+
+    Args:
+        model: ``"tiny"``, a local export folder, or a hub id
+            (``"facebook/musicgen-small"``; ``"small"``, ``"medium"``,
+            ``"large"``, ``"melody"`` are short for the ``facebook/`` ones).
+        device: device for the LM and the codec.
+        dtype: floating dtype of the LM (the codec stays float32).
+        seed: weight seed of the tiny model (ignored otherwise).
+        tiny_config: size overrides of the tiny model, keys from
+            :data:`TINY_DEFAULTS` (ignored otherwise).
+
+    Example:
+        >>> backend = AudiocraftBackend(model="tiny")  # cheap: nothing is built yet
+        >>> backend.describe()["model"]
+        'tiny'
+    """
+
+    name = "audiocraft"
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+        tiny_config: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(model, (str, os.PathLike)) or not str(model):
+            raise NoiseProbeError(
+                f"Expected argument `model` to be 'tiny', a folder or a hub id but got {model!r}."
+            )
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise NoiseProbeError(
+                f"Expected argument `dtype` to be a floating torch.dtype but got {dtype!r}."
+            )
+        tiny_config = dict(tiny_config or {})
+        unknown = sorted(set(tiny_config) - set(TINY_DEFAULTS))
+        if unknown:
+            raise NoiseProbeError(
+                f"Expected keys of argument `tiny_config` among {sorted(TINY_DEFAULTS)} "
+                f"but got {unknown}."
+            )
+        self.model = str(model)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.seed = int(seed)
+        self.tiny_config = tiny_config
+        self._musicgen: MusicGen | None = None
+        #: The codec file a pretrained model was loaded from (``None`` for tiny).
+        #: The codec is frozen, so exporting a fine-tune copies this file as is.
+        self.codec_source: Path | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self.model!r}, device={str(self.device)!r}, "
+            f"dtype={self.dtype}, loaded={self._musicgen is not None})"
+        )
+
+    # -- lifecycle ----------------------------------------------------------
+    def load(self) -> AudiocraftBackend:
+        """Build (``"tiny"``) or load the weights. Idempotent. Returns ``self``.
+
+        Raises:
+            NoiseProbeError: if a folder lacks the export files, holds an
+                unsafe (pickled) config, or a hub id cannot be reached.
+        """
+        if self._musicgen is not None:
+            return self
+        from audiocraft.models.musicgen import MusicGen
+
+        if self.model == "tiny":
+            name = "tiny"
+            lm, codec = _build_tiny_parts(self.seed, self.tiny_config)
+        else:
+            name, lm, codec = self._load_pretrained()
+        lm = lm.to(device=self.device, dtype=self.dtype).eval()
+        codec = codec.to(self.device).eval()
+        codec.requires_grad_(False)
+        if lm.condition_provider.has_joint_embed_conditions:
+            raise NoiseProbeError(
+                f"Expected a MusicGen conditioned on text (and melody) but {self.model!r} uses "
+                f"joint-embedding conditions {lm.condition_provider.joint_embed_conditions}, "
+                "which this backend does not support."
+            )
+        # Wrapped after the move, so that its `device` and autocast follow the LM.
+        self._musicgen = MusicGen(name, codec, lm)
+        return self
+
+    def _load_pretrained(self) -> tuple[str, Any, Any]:
+        """Load ``(name, lm, codec)`` on CPU in float32 from a folder or the hub."""
+        from audiocraft.models import loaders
+
+        model = self.model
+        if os.path.isdir(model):
+            folder = model
+            missing = [f for f in EXPORT_FILES if not os.path.isfile(os.path.join(folder, f))]
+            if missing:
+                raise NoiseProbeError(
+                    f"Expected the model folder {folder!r} to hold an audiocraft export "
+                    f"({EXPORT_FILES[0]!r} and {EXPORT_FILES[1]!r}) but {missing} "
+                    "is missing. Write one with `save_audiocraft_export` or "
+                    "`audiocraft.utils.export`."
+                )
+            source = f"folder {folder!r}"
+        elif os.path.exists(model) or _looks_like_path(model):
+            raise NoiseProbeError(
+                f"Expected argument `model` to be 'tiny', an existing folder holding "
+                f"{EXPORT_FILES[0]!r} and {EXPORT_FILES[1]!r}, or a hub id, but {model!r} "
+                "is not a folder."
+            )
+        else:
+            model = _HUB_SHORT_NAMES.get(model, model)
+            folder = self._download_from_hub(model)
+            source = f"hub id {model!r}"
+
+        # Both loaders use torch.load's default weights_only=True (torch >= 2.6).
+        try:
+            lm = loaders.load_lm_model(folder, device="cpu")  # float32 on CPU
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+                codec = loaders.load_compression_model(folder, device="cpu")
+        except pickle.UnpicklingError as err:
+            raise NoiseProbeError(
+                f"Expected the audiocraft export of {source} to load with torch's safe "
+                "`weights_only=True` but it holds pickled objects (an old export whose "
+                "`xp.cfg` is a pickled OmegaConf object, not a YAML string). Re-export it "
+                "with `audiocraft.utils.export` or `save_audiocraft_export` from a trusted "
+                "environment."
+            ) from err
+        except OSError as err:  # the codec may point at another hub model
+            raise NoiseProbeError(self._hub_message(source, err)) from err
+        if "self_wav" in lm.condition_provider.conditioners:  # as MusicGen.get_pretrained
+            lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
+            lm.condition_provider.conditioners["self_wav"]._use_masking = False
+        self.codec_source = Path(folder) / EXPORT_FILES[1]
+        return model, lm, codec
+
+    def _hub_message(self, source: str, err: BaseException) -> str:
+        return (
+            f"Expected to load {source} from the Hugging Face hub but it could not be reached "
+            f"or is not cached ({type(err).__name__}: {err}). The hub cache is "
+            f"{_hf_cache_dir()!r}"
+            f"{' and HF_HUB_OFFLINE is set' if _hf_offline() else ''}. Pass instead a local "
+            f"export folder holding {EXPORT_FILES[0]!r} and {EXPORT_FILES[1]!r}, or 'tiny'."
+        )
+
+    def _download_from_hub(self, repo_id: str) -> str:
+        """Fetch (or find in the cache) the two export files; return their folder."""
+        import audiocraft
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+
+        offline = _hf_offline()
+        paths = []
+        for filename in EXPORT_FILES:
+            try:
+                paths.append(
+                    hf_hub_download(
+                        repo_id=repo_id,
+                        filename=filename,
+                        cache_dir=os.environ.get("AUDIOCRAFT_CACHE_DIR"),
+                        local_files_only=offline,
+                        library_name="audiocraft",
+                        library_version=audiocraft.__version__,
+                    )
+                )
+            except LocalEntryNotFoundError as err:  # offline, or connection failed: not cached
+                raise NoiseProbeError(self._hub_message(f"hub id {repo_id!r}", err)) from err
+            except (RepositoryNotFoundError, GatedRepoError, EntryNotFoundError) as err:
+                raise NoiseProbeError(
+                    f"Expected argument `model` to be 'tiny', a local export folder or a hub "
+                    f"id of an audiocraft MusicGen export but {repo_id!r} has no {filename!r} "
+                    f"on the hub ({type(err).__name__}). Pass a folder holding "
+                    f"{EXPORT_FILES[0]!r} and {EXPORT_FILES[1]!r} instead."
+                ) from err
+            except (OSError, ValueError) as err:  # connection errors, HTTP errors
+                raise NoiseProbeError(self._hub_message(f"hub id {repo_id!r}", err)) from err
+        folders = {os.path.dirname(p) for p in paths}
+        if len(folders) != 1:  # pragma: no cover - the hub keeps one snapshot per revision
+            raise NoiseProbeError(
+                f"Expected both export files of {repo_id!r} in one folder but got {paths}."
+            )
+        return folders.pop()
+
+    def _require_loaded(self) -> MusicGen:
+        if self._musicgen is None:
+            raise RuntimeError(f"{self!r} is not loaded: call `.load()` first.")
+        return self._musicgen
+
+    # -- modules --------------------------------------------------------------
+    @property
+    def musicgen(self) -> MusicGen:
+        """The audiocraft ``MusicGen`` object (generation API, ``.lm``, ``.compression_model``)."""
+        return self._require_loaded()
+
+    @property
+    def lm(self) -> torch.nn.Module:
+        """The audiocraft ``LMModel`` (with its conditioners): the part that fine-tunes."""
+        return self._require_loaded().lm
+
+    @property
+    def codec(self) -> torch.nn.Module:
+        """The frozen audiocraft ``CompressionModel`` (EnCodec)."""
+        return self._require_loaded().compression_model
+
+    # -- static description -------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self._require_loaded().compression_model.sample_rate)
+
+    @property
+    def channels(self) -> int:
+        return int(self._require_loaded().compression_model.channels)
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self._require_loaded().compression_model.frame_rate)
+
+    @property
+    def num_codebooks(self) -> int:
+        return int(self._require_loaded().lm.num_codebooks)
+
+    @property
+    def cardinality(self) -> int:
+        return int(self._require_loaded().lm.card)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description; works before :meth:`load` (model, device, dtype only)."""
+        out: dict[str, Any] = {
+            "backend": self.name,
+            "model": self.model,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+        if self.model == "tiny":
+            out["seed"] = self.seed
+            out["tiny_config"] = {**TINY_DEFAULTS, **self.tiny_config}
+        if self._musicgen is not None:
+            out.update(super().describe())
+        return out
+
+    # -- compute --------------------------------------------------------------
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """Tokenize audio with the frozen codec (under ``torch.no_grad()``).
+
+        Args:
+            wav: ``[B, C, S]`` float waveform at :attr:`sample_rate` with :attr:`channels` channels.
+
+        Returns:
+            ``[B, K, T]`` long codes on the backend's device, ``T = ceil(S / hop)``
+            (640 samples per frame for MusicGen).
+        """
+        musicgen = self._require_loaded()
+        if wav.dim() != 3 or wav.shape[1] != self.channels:
+            raise NoiseProbeError(
+                f"Expected argument `wav` of shape [B, {self.channels}, S] but got {tuple(wav.shape)}."
+            )
+        with torch.no_grad():
+            codes, _scale = musicgen.compression_model.encode(wav.to(self.device, torch.float32))
+        return codes.long()
+
+    def _condition_tensors(self, batch: int, descriptions: Sequence[str | None] | None) -> Any:
+        from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition
+
+        if descriptions is None:
+            descriptions = [None] * batch
+        elif isinstance(descriptions, str) or len(descriptions) != batch:
+            raise NoiseProbeError(
+                f"Expected argument `descriptions` to be a sequence of {batch} texts or None "
+                f"(one per item) but got {descriptions!r}."
+            )
+        provider = self.lm.condition_provider
+        attributes = []
+        for text in descriptions:
+            # Unconditional = every attribute None, as audiocraft's CFG dropout does.
+            attr = ConditioningAttributes(
+                text={
+                    name: (text if name == "description" else None)
+                    for name in provider.text_conditions
+                }
+            )
+            for name in provider.wav_conditions:  # no melody: a null waveform, as MusicGen does
+                attr.wav[name] = WavCondition(
+                    torch.zeros((1, 1, 1), device=self.device),
+                    torch.tensor([0], device=self.device),
+                    sample_rate=[self.sample_rate],
+                    path=[None],
+                )
+            attributes.append(attr)
+        return provider(provider.tokenize(attributes))
+
+    def lm_logits(
+        self,
+        codes: torch.Tensor,
+        descriptions: Sequence[str | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM logits aligned with ``codes``, with gradients (training path).
+
+        Runs ``lm.compute_predictions`` on conditions computed directly from
+        ``descriptions`` (as the MusicGen solver does), so no
+        classifier-free-guidance or attribute dropout is applied and no random
+        number is drawn. The LM's train/eval mode is left as the caller set it.
+
+        Args:
+            codes: ``[B, K, T]`` long codes.
+            descriptions: one text per item (``None`` = unconditional), or
+                ``None`` for all-unconditional.
+
+        Returns:
+            ``(logits, mask)``: logits ``[B, K, T, card]`` in the LM's dtype,
+            NaN where ``mask`` (``[B, K, T]`` bool) is ``False``.
+        """
+        self._require_loaded()
+        if codes.dim() != 3 or codes.shape[1] != self.num_codebooks:
+            raise NoiseProbeError(
+                f"Expected argument `codes` of shape [B, {self.num_codebooks}, T] "
+                f"but got {tuple(codes.shape)}."
+            )
+        codes = codes.to(self.device, torch.long)
+        condition_tensors = self._condition_tensors(codes.shape[0], descriptions)
+        out = self.lm.compute_predictions(codes, [], condition_tensors=condition_tensors)
+        return out.logits, out.mask.to(torch.bool)
+
+    def token_nll(
+        self,
+        codes: torch.Tensor,
+        descriptions: Sequence[str | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token NLL: :meth:`lm_logits` then :func:`token_nll_from_logits`.
+
+        Differentiable; wrap in ``torch.no_grad()`` for probing.
+
+        Args:
+            codes: ``[B, K, T]`` long codes.
+            descriptions: one text per item (``None`` = unconditional), or
+                ``None`` for all-unconditional.
+
+        Returns:
+            ``(nll, mask)``, both ``[B, K, T]``; ``nll`` float32 (0 where
+            invalid), ``mask`` bool. The last ``d_k`` frames of codebook ``k``
+            are invalid (delays ``[0, 1, 2, 3]``).
+        """
+        logits, mask = self.lm_logits(codes, descriptions)
+        return token_nll_from_logits(logits, codes.to(logits.device), mask)

@@ -1,0 +1,286 @@
+"""The audiocraft backend against audiocraft itself (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.backends import ProbeBackend, available_backends, get_backend
+from lightning_noiseprobe.backends.audiocraft import (
+    EXPORT_FILES,
+    AudiocraftBackend,
+    build_tiny_musicgen,
+    save_audiocraft_export,
+)
+from lightning_noiseprobe.functional.losses import codebook_cross_entropy, token_nll_from_logits
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+
+T = 120  # frames (2.4 s at 50 Hz)
+
+
+def _noise(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(batch, 1, frames * 640, generator=g)
+
+
+@pytest.fixture(scope="module")
+def codes(tiny_backend: AudiocraftBackend) -> torch.Tensor:
+    return tiny_backend.encode(_noise(2, T))
+
+
+def test_registry_and_static_description(tiny_backend: AudiocraftBackend) -> None:
+    assert "audiocraft" in available_backends()
+    backend = get_backend("audiocraft", model="tiny")
+    assert isinstance(backend, AudiocraftBackend)
+    assert isinstance(tiny_backend, ProbeBackend)
+    assert (tiny_backend.sample_rate, tiny_backend.channels, tiny_backend.frame_rate) == (
+        32000,
+        1,
+        50.0,
+    )
+    assert (tiny_backend.num_codebooks, tiny_backend.cardinality) == (4, 2048)
+    assert list(tiny_backend.lm.pattern_provider.delays) == [0, 1, 2, 3]
+    assert tiny_backend.musicgen.lm is tiny_backend.lm
+    assert tiny_backend.describe()["num_codebooks"] == 4
+    assert len(tiny_backend.codec_fingerprint()) == 64
+
+
+def test_constructor_is_cheap_and_validates() -> None:
+    backend = AudiocraftBackend(model="tiny")
+    with pytest.raises(RuntimeError, match=r"call `\.load\(\)` first"):
+        _ = backend.lm
+    with pytest.raises(NoiseProbeError, match="tiny_config"):
+        AudiocraftBackend(tiny_config={"depth": 3})
+    with pytest.raises(NoiseProbeError, match="dtype"):
+        AudiocraftBackend(dtype=torch.long)
+
+
+def test_unknown_backend_lists_choices() -> None:
+    with pytest.raises(ValueError, match=r"one of \[.*'audiocraft'.*\] but got 'nope'"):
+        get_backend("nope")
+
+
+def test_codec_is_frozen_and_codes_have_musicgen_shape(
+    tiny_backend: AudiocraftBackend, codes: torch.Tensor
+) -> None:
+    assert not tiny_backend.codec.training
+    assert not any(p.requires_grad for p in tiny_backend.codec.parameters())
+    assert codes.shape == (2, 4, T) and codes.dtype == torch.long
+    assert int(codes.min()) >= 0 and int(codes.max()) < 2048
+    for k in range(4):  # codebooks drawn from the codec's latents: noise uses many codes
+        assert codes[:, k].unique().numel() > 60
+
+
+def test_nll_matches_audiocraft_training_loss(
+    tiny_backend: AudiocraftBackend, codes: torch.Tensor
+) -> None:
+    from audiocraft.solvers.musicgen import MusicGenSolver
+
+    descriptions = ["calm piano", None]
+    lm = tiny_backend.lm
+    provider = lm.condition_provider
+    # The solver's own path: attributes -> tokenize -> condition tensors -> compute_predictions.
+    attributes = tiny_backend.musicgen._prepare_tokens_and_attributes(descriptions, None)[0]
+    with torch.no_grad():
+        condition_tensors = provider(provider.tokenize(attributes))
+        out = lm.compute_predictions(codes, [], condition_tensors=condition_tensors)
+        # `_compute_cross_entropy` does not use `self`: call the real one unbound.
+        ref_ce, ref_per_codebook = MusicGenSolver._compute_cross_entropy(
+            None, out.logits, codes, out.mask
+        )
+        nll, mask = tiny_backend.token_nll(codes, descriptions)
+    ce, per_codebook = codebook_cross_entropy(nll, mask)
+    torch.testing.assert_close(ce, ref_ce, atol=1e-5, rtol=0)
+    torch.testing.assert_close(per_codebook, torch.stack(ref_per_codebook), atol=1e-5, rtol=0)
+    for k in range(4):  # ... which is the mean of the per-token NLL of each codebook
+        torch.testing.assert_close(per_codebook[k], nll[:, k][mask[:, k]].mean(), atol=1e-5, rtol=0)
+    assert torch.equal(mask, out.mask)
+    assert nll.dtype == torch.float32 and mask.dtype == torch.bool
+    assert torch.isfinite(nll).all() and (nll[~mask] == 0).all()
+
+
+def test_descriptions_condition_the_lm(
+    tiny_backend: AudiocraftBackend, codes: torch.Tensor
+) -> None:
+    with torch.no_grad():
+        uncond, _ = tiny_backend.token_nll(codes)
+        none_list, _ = tiny_backend.token_nll(codes, [None, None])
+        text, _ = tiny_backend.token_nll(codes, ["calm piano", "calm piano"])
+    assert torch.equal(uncond, none_list)
+    assert not torch.allclose(uncond, text)
+    with pytest.raises(NoiseProbeError, match="descriptions"):
+        tiny_backend.token_nll(codes, ["only one"])
+
+
+def test_delay_pattern_valid_counts_and_causality(tiny_backend: AudiocraftBackend) -> None:
+    frames = 16
+    codes = tiny_backend.encode(_noise(1, frames, seed=1))
+    with torch.no_grad():
+        base, mask = tiny_backend.token_nll(codes)
+    assert mask[0].sum(-1).tolist() == [frames, frames - 1, frames - 2, frames - 3]
+    for k in range(4):  # the last d_k = k frames of codebook k are invalid
+        assert not mask[0, k, frames - k :].any()
+
+    k_idx = torch.arange(4)[:, None]
+    t_idx = torch.arange(frames)[None, :]
+    t_prime = 7
+    for q in range(4):
+        changed_codes = codes.clone()
+        changed_codes[0, q, t_prime] = (changed_codes[0, q, t_prime] + 1000) % 2048
+        with torch.no_grad():
+            nll, _ = tiny_backend.token_nll(changed_codes)
+        changed = (nll - base).abs()[0] > 1e-6
+        # NLL(k, t) sees code (q, t') in its context iff t' <= t - 1 + k - q; and (q, t') is its own target.
+        expected = (t_prime <= t_idx - 1 + k_idx - q) & mask[0]
+        expected[q, t_prime] = True
+        assert torch.equal(changed, expected), f"codebook q={q}"
+
+
+def test_gradients_flow_without_touching_mode_or_rng() -> None:
+    backend = AudiocraftBackend(model="tiny", seed=3).load()
+    codes = backend.encode(_noise(2, 24))
+    lm = backend.lm
+    lm.train()
+    rng = torch.get_rng_state()
+    logits, mask = backend.lm_logits(codes, ["a", None])
+    nll, mask = token_nll_from_logits(logits, codes, mask)
+    ce, _ = codebook_cross_entropy(nll, mask)
+    ce.backward()
+    assert lm.training  # the caller owns the mode
+    assert torch.equal(rng, torch.get_rng_state())
+    grads = [p.grad for p in lm.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert lm.condition_provider.conditioners["description"].embed.weight.grad.abs().sum() > 0
+    lm.eval()
+    with torch.no_grad():
+        nll_eval, _ = backend.token_nll(codes, ["a", None])
+    torch.testing.assert_close(nll_eval, nll.detach(), atol=1e-6, rtol=0)  # dropout is 0
+
+
+def test_same_seed_same_weights_different_seed_different() -> None:
+    a = build_tiny_musicgen(seed=5)
+    b = build_tiny_musicgen(seed=5)
+    c = build_tiny_musicgen(seed=6)
+    for part in ("lm", "compression_model"):
+        sa, sb, sc = (getattr(m, part).state_dict() for m in (a, b, c))
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_global_rng_untouched_by_build() -> None:
+    state = torch.get_rng_state()
+    build_tiny_musicgen(seed=1, dim=32, num_layers=1)
+    assert torch.equal(state, torch.get_rng_state())
+    with pytest.raises(NoiseProbeError, match="overrides"):
+        build_tiny_musicgen(width=3)
+
+
+def test_export_round_trip(tiny_export_dir, tiny_backend: AudiocraftBackend) -> None:
+    from audiocraft.models.musicgen import MusicGen
+
+    assert sorted(p.name for p in tiny_export_dir.iterdir()) == sorted(EXPORT_FILES)
+    package = torch.load(tiny_export_dir / EXPORT_FILES[0], weights_only=True)  # safe loading works
+    assert isinstance(package["xp.cfg"], str) and package["exported"] is True
+
+    fresh = AudiocraftBackend(model="tiny", seed=0).load()  # the same weights as the export
+    loaded = AudiocraftBackend(model=str(tiny_export_dir)).load()
+    wav = _noise(2, 40, seed=2)
+    codes = fresh.encode(wav)
+    assert torch.equal(loaded.encode(wav), codes)
+    with torch.no_grad():
+        ref, ref_mask = fresh.token_nll(codes, ["x", None])
+        nll, mask = loaded.token_nll(codes, ["x", None])
+    torch.testing.assert_close(nll, ref, atol=1e-6, rtol=0)
+    assert torch.equal(mask, ref_mask)
+    assert loaded.describe()["cardinality"] == 2048
+
+    musicgen = MusicGen.get_pretrained(str(tiny_export_dir), device="cpu")
+    assert torch.equal(musicgen.compression_model.encode(wav)[0], codes)
+
+
+def test_export_of_loaded_model_copies_its_frozen_codec(tmp_path, tiny_export_dir) -> None:
+    loaded = AudiocraftBackend(model=str(tiny_export_dir)).load()
+    # audiocraft's codec loader keeps no config: without the source file export must refuse
+    with pytest.raises(NoiseProbeError, match=r"compression_state_dict\.bin"):
+        save_audiocraft_export(loaded.musicgen, tmp_path / "refused")
+    assert loaded.codec_source == tiny_export_dir / "compression_state_dict.bin"
+    with torch.no_grad():
+        for p in loaded.lm.parameters():
+            p.add_(0.01)  # a "fine-tune"
+    out = save_audiocraft_export(loaded.musicgen, tmp_path / "out", codec_file=loaded.codec_source)
+    assert (out / "compression_state_dict.bin").read_bytes() == loaded.codec_source.read_bytes()
+    again = AudiocraftBackend(model=str(out)).load()
+    codes = torch.randint(0, 2048, (1, 4, 40), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        again.token_nll(codes)[0], loaded.token_nll(codes)[0], atol=1e-6, rtol=0
+    )
+
+
+def test_folder_without_export_files(tmp_path) -> None:
+    (tmp_path / "state_dict.bin").write_bytes(b"")
+    with pytest.raises(NoiseProbeError) as info:
+        AudiocraftBackend(model=str(tmp_path)).load()
+    message = str(info.value)
+    assert (
+        str(tmp_path) in message
+        and "compression_state_dict.bin" in message
+        and "state_dict.bin" in message
+    )
+
+
+def test_missing_folder_path(tmp_path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(NoiseProbeError, match="is not a folder"):
+        AudiocraftBackend(model=str(missing)).load()
+
+
+def test_pickled_config_is_refused(tmp_path, tiny_export_dir) -> None:
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    for name in EXPORT_FILES:
+        shutil.copy(tiny_export_dir / name, tmp_path / name)
+    package = torch.load(tmp_path / EXPORT_FILES[0], weights_only=True)
+    package["xp.cfg"] = OmegaConf.create(package["xp.cfg"])  # an old-style pickled config
+    torch.save(package, tmp_path / EXPORT_FILES[0])
+    with pytest.raises(NoiseProbeError, match="Re-export"):
+        AudiocraftBackend(model=str(tmp_path)).load()
+
+
+def test_offline_hub_id_says_what_to_do(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AUDIOCRAFT_CACHE_DIR", str(tmp_path))
+    with pytest.raises(NoiseProbeError) as info:
+        AudiocraftBackend(model="no-such-org/musicgen-nothing").load()
+    message = str(info.value)
+    assert "'no-such-org/musicgen-nothing'" in message and "could not be reached" in message
+    assert "state_dict.bin" in message and "compression_state_dict.bin" in message
+    assert str(tmp_path) in message and "HF_HUB_OFFLINE" in message
+
+
+def test_bfloat16_lm_gives_float32_nll() -> None:
+    backend = AudiocraftBackend(model="tiny", dtype=torch.bfloat16).load()
+    assert next(backend.lm.parameters()).dtype == torch.bfloat16
+    assert next(backend.codec.parameters()).dtype == torch.float32
+    codes = backend.encode(_noise(1, 20))
+    with torch.no_grad():
+        nll, mask = backend.token_nll(codes, ["x"])
+        ref, _ = AudiocraftBackend(model="tiny").load().token_nll(codes, ["x"])
+    assert nll.dtype == torch.float32 and torch.isfinite(nll).all()
+    assert (nll - ref)[mask].abs().mean() < 0.05
+
+
+def test_import_is_cheap() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lightning_noiseprobe.backends, lightning_noiseprobe.backends.audiocraft;"
+        "print('audiocraft' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
