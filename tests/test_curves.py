@@ -44,7 +44,9 @@ def test_paper_shape_regions_and_metrics():
     assert float(a.assimilation_mean) < -1.0
     assert abs(float(a.recovery_mean)) < 0.05
     assert float(a.peak_width) == pe - ps
-    assert float(a.peak_sharpness) == pytest.approx(float(a.peak_height) / float(clean[:onset].std(unbiased=False)), rel=1e-5)
+    assert float(a.peak_sharpness) == pytest.approx(
+        float(a.peak_height) / float(clean[:onset].std(unbiased=False)), rel=1e-5
+    )
     expected_area = float(delta[ps:pe].clamp_min(0).sum())
     assert float(a.peak_area) == pytest.approx(expected_area, rel=1e-5)
     assert float(a.delta_loss) == pytest.approx(float(delta.mean()), abs=1e-6)
@@ -116,7 +118,9 @@ def test_start_from_codes_and_explicit_start():
 def test_identical_codes_cap_start_at_window_end():
     codes = torch.zeros(4, 50, dtype=torch.long)
     assert int(first_differing_token(codes, codes)) == 50
-    a = analyze_curves(torch.rand(50), torch.rand(50), 10, 10, clean_codes=codes, perturbed_codes=codes)
+    a = analyze_curves(
+        torch.rand(50), torch.rand(50), 10, 10, clean_codes=codes, perturbed_codes=codes
+    )
     assert int(a.start) == 20
 
 
@@ -166,7 +170,9 @@ def test_bad_inputs_raise_clear_errors(kwargs, match):
     args = {"clean": torch.zeros(30), "perturbed": torch.ones(30), "onset": 10, "length": 5}
     args.update(kwargs)
     with pytest.raises(NoiseProbeError, match=match):
-        analyze_curves(args.pop("clean"), args.pop("perturbed"), args.pop("onset"), args.pop("length"), **args)
+        analyze_curves(
+            args.pop("clean"), args.pop("perturbed"), args.pop("onset"), args.pop("length"), **args
+        )
 
 
 def test_sharpness_needs_tokens_before_start():
@@ -184,7 +190,9 @@ def test_no_nan_in_aggregates_and_correlation():
     assert corr["length_pearson_p"] < 1e-3
     assert corr["length_slope"] == pytest.approx(-0.0025, rel=0.1)
     assert length_correlation(torch.tensor([5, 5, 5]), torch.tensor([0.1, 0.2, 0.3])) is None
-    s = summarize({"delta_loss": delta, "assimilation_mean": torch.full((18,), float("nan"))}, lengths)
+    s = summarize(
+        {"delta_loss": delta, "assimilation_mean": torch.full((18,), float("nan"))}, lengths
+    )
     assert "assimilation_mean" not in s and all(math.isfinite(v) for v in s.values())
     stats = group_stats({"delta_loss": delta}, [("white", int(n)) for n in lengths])
     assert set(stats["white"]) == {5, 10, 50, 100, 150, 200}

@@ -69,7 +69,11 @@ def group_stats(
         entry: dict[str, dict[str, float | int | None]] = {}
         for name, value in metrics.items():
             mean, std, n = nan_mean_std(value.flatten()[index])
-            entry[name] = {"mean": _none_if_nan(round(mean, 12)), "std": _none_if_nan(round(std, 12)), "n": n}
+            entry[name] = {
+                "mean": _none_if_nan(round(mean, 12)),
+                "std": _none_if_nan(round(std, 12)),
+                "n": n,
+            }
         out.setdefault(noise, {})[length] = entry
     return out
 

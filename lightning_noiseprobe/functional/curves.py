@@ -144,7 +144,9 @@ def first_differing_token(clean_codes: torch.Tensor, perturbed_codes: torch.Tens
     return torch.where(differs, pos, T).amin(-1)
 
 
-def moving_average(x: torch.Tensor, window: int = 5, valid: torch.Tensor | None = None) -> torch.Tensor:
+def moving_average(
+    x: torch.Tensor, window: int = 5, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Centred moving average along the last axis.
 
     Near the edges (and next to invalid tokens) the average is taken over the
@@ -163,7 +165,9 @@ def moving_average(x: torch.Tensor, window: int = 5, valid: torch.Tensor | None 
         tensor([0.0000, 1.6667, 1.6667, 1.6667, 0.0000])
     """
     if window < 1 or window % 2 == 0:
-        raise NoiseProbeError(f"Expected argument `window` to be a positive odd integer but got {window}.")
+        raise NoiseProbeError(
+            f"Expected argument `window` to be a positive odd integer but got {window}."
+        )
     x = x.float()
     w = torch.ones_like(x) if valid is None else valid.to(torch.float32)
     flat_x = (x * w).reshape(-1, 1, x.shape[-1])
@@ -176,10 +180,12 @@ def moving_average(x: torch.Tensor, window: int = 5, valid: torch.Tensor | None 
     return out.reshape(x.shape)
 
 
-def _first_run_start(cond: torch.Tensor, run: int, start: torch.Tensor, default: torch.Tensor) -> torch.Tensor:
+def _first_run_start(
+    cond: torch.Tensor, run: int, start: torch.Tensor, default: torch.Tensor
+) -> torch.Tensor:
     """First ``t >= start`` where ``cond[t:t+run]`` is all true; ``default`` if none."""
     T = cond.shape[-1]
-    if T >= run:
+    if run <= T:
         windows = cond.float().unfold(-1, run, 1).amin(-1) > 0  # [..., T - run + 1]
     else:
         windows = cond[..., :0]
@@ -290,7 +296,10 @@ class CurveAnalysis:
         for i in range(n):
             rec: dict[str, object] = {
                 "start": int(starts[i]),
-                "regions": {name: [int(a), int(b)] for name, (a, b) in zip(REGION_NAMES, regions[i])},
+                "regions": {
+                    name: [int(a), int(b)]
+                    for name, (a, b) in zip(REGION_NAMES, regions[i], strict=False)
+                },
             }
             for k, v in metrics.items():
                 fv = float(v[i])
@@ -352,7 +361,9 @@ def region_metrics(
             "Expected at least one valid clean token before the perturbation start to compute"
             " `peak_sharpness` but got none. Use a later `onset`."
         )
-    sharpness = torch.where(has_peak, height / pre_std.nan_to_num(1.0).clamp_min(_SHARPNESS_EPS), 0.0)
+    sharpness = torch.where(
+        has_peak, height / pre_std.nan_to_num(1.0).clamp_min(_SHARPNESS_EPS), 0.0
+    )
     return {
         "peak_mean": _masked_mean(delta, peak),
         "assimilation_mean": _masked_mean(delta, assim),
@@ -436,13 +447,17 @@ def analyze_curves(
         )
     valid = valid.bool()
     if not valid.any(-1).all():
-        raise NoiseProbeError("Expected at least one valid token per curve but got a curve with none.")
+        raise NoiseProbeError(
+            "Expected at least one valid token per curve but got a curve with none."
+        )
     _check_finite("clean", clean, valid)
     _check_finite("perturbed", perturbed, valid)
     onset_t = torch.as_tensor(onset, device=device).long().expand(batch)
     length_t = torch.as_tensor(length, device=device).long().expand(batch)
     if (length_t <= 0).any():
-        raise NoiseProbeError(f"Expected argument `length` to be positive but got {length_t.min().item()}.")
+        raise NoiseProbeError(
+            f"Expected argument `length` to be positive but got {length_t.min().item()}."
+        )
     if (onset_t < 0).any() or (onset_t + length_t > T).any():
         raise NoiseProbeError(
             f"Expected the window [onset, onset + length) inside the {T}-token curve but got"

@@ -1,0 +1,369 @@
+"""Probe sets: clips x perturbations, tokenized once with the frozen codec.
+
+Because the codec is frozen while the LM fine-tunes, a probe set is encoded
+once and cached (in memory, and on disk keyed by a hash of the audio, the
+spec and the codec weights), so repeated probing costs only LM forward passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe._hashing import derive_seed, hash_json, hash_tensor
+from lightning_noiseprobe.probe.spec import Perturbation, ProbeSpec
+
+if TYPE_CHECKING:
+    from lightning_noiseprobe.backends.base import ProbeBackend
+
+__all__ = ["AUDIO_EXTENSIONS", "ProbeClip", "ProbeSet", "build_probe_set", "find_audio_files"]
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
+
+AudioSource = (
+    str
+    | os.PathLike[str]
+    | Sequence[str | os.PathLike[str]]
+    | Sequence[tuple[str, torch.Tensor, int]]
+)
+
+# process-wide memory cache: cache key -> (clean codes, perturbed codes)
+_MEMORY_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+_MEMORY_CACHE_MAX = 4096
+
+
+def default_cache_dir() -> Path:
+    """``$NOISEPROBE_CACHE``, else ``$XDG_CACHE_HOME/lightning_noiseprobe``, else ``~/.cache/lightning_noiseprobe``."""
+    if os.environ.get("NOISEPROBE_CACHE"):
+        return Path(os.environ["NOISEPROBE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lightning_noiseprobe" / "tokens"
+
+
+def find_audio_files(
+    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[Path]:
+    """Audio files of a folder (recursive, sorted) or an explicit list of files.
+
+    Raises:
+        NoiseProbeError: if a path does not exist or a folder holds no audio file.
+    """
+    items = [source] if isinstance(source, str | os.PathLike) else list(source)
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+            )
+            if not found:
+                raise NoiseProbeError(
+                    f"Expected audio files ({', '.join(AUDIO_EXTENSIONS)}) in folder '{path}' but found none."
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise NoiseProbeError(f"Expected an audio file or folder but '{path}' does not exist.")
+    return files
+
+
+def _sidecar_description(path: Path) -> str | None:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    desc = data.get("description") if isinstance(data, dict) else None
+    return str(desc) if desc else None
+
+
+@dataclass
+class ProbeClip:
+    """One clean clip of a probe set."""
+
+    name: str  #: file path or given name
+    description: str | None
+    audio_hash: str
+    num_tokens: int
+
+
+@dataclass
+class ProbeSet:
+    """Tokenized clips and their perturbed copies.
+
+    Attributes:
+        clean_codes: ``[N, K, T]`` codes of the clean clips (padded with 0 past
+            each clip's ``num_tokens``).
+        perturbed_codes: ``[N, P, K, T]`` codes of the perturbed copies.
+    """
+
+    spec: ProbeSpec
+    clips: list[ProbeClip]
+    perturbations: list[Perturbation]
+    clean_codes: torch.Tensor
+    perturbed_codes: torch.Tensor
+    frame_rate: float
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    encoded_clips: int = 0  #: how many clips needed the codec (0 = all from cache)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def num_tokens(self) -> torch.Tensor:
+        return torch.tensor([c.num_tokens for c in self.clips], dtype=torch.long)
+
+    def token_valid(self) -> torch.Tensor:
+        """``[N, T]`` bool: tokens inside each clip."""
+        T = self.clean_codes.shape[-1]
+        return torch.arange(T) < self.num_tokens.unsqueeze(-1)
+
+
+def _cache_key(audio_hash: str, spec: ProbeSpec, backend: ProbeBackend, codec_hash: str) -> str:
+    return hash_json(
+        {
+            "audio": audio_hash,
+            "spec": spec.tokenization_key(),
+            "codec": codec_hash,
+            "sample_rate": backend.sample_rate,
+            "channels": backend.channels,
+            "frame_rate": backend.frame_rate,
+            "format": 1,
+        }
+    )
+
+
+def _load_cached(cache_dir: Path | None, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if key in _MEMORY_CACHE:
+        return _MEMORY_CACHE[key]
+    if cache_dir is None:
+        return None
+    path = cache_dir / f"{key}.pt"
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        entry = (data["clean"], data["perturbed"])
+    except Exception as err:  # a corrupt cache file is rebuilt, never trusted
+        log.warning(
+            "Ignoring unreadable probe cache file '%s' (%s); it will be rebuilt.", path, err
+        )
+        return None
+    _remember(key, entry)
+    return entry
+
+
+def _remember(key: str, entry: tuple[torch.Tensor, torch.Tensor]) -> None:
+    if len(_MEMORY_CACHE) >= _MEMORY_CACHE_MAX:
+        _MEMORY_CACHE.pop(next(iter(_MEMORY_CACHE)))
+    _MEMORY_CACHE[key] = entry
+
+
+def _store_cached(
+    cache_dir: Path | None, key: str, entry: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    _remember(key, entry)
+    if cache_dir is None:
+        return
+    from lightning_noiseprobe._io import atomic_path
+
+    with atomic_path(cache_dir / f"{key}.pt") as tmp:
+        torch.save({"clean": entry[0], "perturbed": entry[1]}, tmp)
+
+
+def clear_memory_cache() -> None:
+    """Forget the in-process tokenization cache (the disk cache stays)."""
+    _MEMORY_CACHE.clear()
+
+
+def _perturb(
+    wav: torch.Tensor, sr: int, frame_rate: float, spec: ProbeSpec, pert: Perturbation, seed: int
+) -> torch.Tensor:
+    from lightning_noiseprobe.perturbations import inject_noise, shuffle_segments
+
+    if pert.kind == "noise":
+        return inject_noise(
+            wav,
+            sr,
+            onset=pert.onset,
+            length=pert.length,
+            frame_rate=frame_rate,
+            noise=pert.noise,
+            level_dbfs=spec.level_dbfs,
+            level_db_rel=spec.level_db_rel,
+            mode=spec.mode,
+            seed=seed,
+        )
+    out, _ = shuffle_segments(
+        wav,
+        sr,
+        onset=pert.onset,
+        length=pert.length,
+        segment=pert.segment,
+        frame_rate=frame_rate,
+        seed=seed,
+    )
+    return out
+
+
+def _iter_sources(
+    audio: AudioSource, descriptions: str | Sequence[str | None] | None
+) -> list[tuple[str, Path | None, torch.Tensor | None, int | None, str | None]]:
+    """(name, path, wav, sr, description) per source item; tensors are given as (name, wav, sr)."""
+    items: list[tuple[str, Path | None, torch.Tensor | None, int | None, str | None]] = []
+    if (
+        isinstance(audio, Sequence)
+        and not isinstance(audio, str)
+        and audio
+        and isinstance(audio[0], tuple)
+    ):
+        for name, wav, sr in audio:  # type: ignore[misc]
+            items.append((str(name), None, wav, int(sr), None))
+    else:
+        for path in find_audio_files(audio):  # type: ignore[arg-type]
+            items.append((str(path), path, None, None, _sidecar_description(path)))
+    if isinstance(descriptions, str):
+        items = [(n, p, w, s, descriptions) for n, p, w, s, _ in items]
+    elif descriptions is not None:
+        if len(descriptions) != len(items):
+            raise NoiseProbeError(
+                f"Expected one description per clip ({len(items)}) but got {len(descriptions)}."
+            )
+        items = [(n, p, w, s, d) for (n, p, w, s, _), d in zip(items, descriptions, strict=False)]
+    return items
+
+
+def build_probe_set(
+    backend: ProbeBackend,
+    audio: AudioSource,
+    spec: ProbeSpec | None = None,
+    *,
+    descriptions: str | Sequence[str | None] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    strict: bool = False,
+    progress: bool = False,
+    encode_batch_size: int = 1,
+) -> ProbeSet:
+    """Load, crop, perturb and tokenize a probe set.
+
+    Each clip is read (any format, rate, channel count), converted to the
+    backend's rate and channels, cropped to ``spec.clip_seconds`` from its
+    start, and perturbed by every perturbation of ``spec`` with a seed derived
+    from the spec's seed, the clip's audio hash and the perturbation, so the
+    same probe set comes out on every run, rank and epoch. Clips too short for
+    the largest window (plus the detection margin) are skipped with a reason;
+    so are unreadable files, unless ``strict``.
+
+    Args:
+        backend: a loaded backend (its codec tokenizes).
+        audio: a folder, a file, a list of files, or ``(name, wav [C, S], sr)`` tuples.
+        spec: the perturbations (default: the paper's protocol).
+        descriptions: one text for all clips, one per clip, or ``None`` to read
+            audiocraft-style ``.json`` sidecars (``{"description": ...}``).
+        cache_dir: folder for the on-disk token cache (``None``: memory only).
+        strict: raise on the first bad clip instead of skipping it.
+        progress: show a progress bar.
+        encode_batch_size: perturbed copies encoded per codec call. The default 1
+            encodes every copy with exactly the computation of its clean clip, so
+            the codes of the untouched prefix match bit for bit: batched
+            convolutions may round differently, and a random or fine-tuned
+            codec's near-tied codebook choices would then flip before the onset.
+
+    Returns:
+        :class:`ProbeSet`.
+    """
+    from lightning_noiseprobe.audio import convert_audio, load_audio
+
+    spec = spec or ProbeSpec()
+    perts = spec.perturbations()
+    cache = Path(cache_dir) if cache_dir is not None else None
+    codec_hash: str | None = None
+    frame_rate = float(backend.frame_rate)
+    sr = int(backend.sample_rate)
+    max_samples = round(spec.clip_seconds * sr)
+    min_tokens = spec.max_window_end + spec.margin
+
+    sources = _iter_sources(audio, descriptions)
+    iterator: Iterable[Any] = sources
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(sources, desc="tokenizing probe set", unit="clip")
+
+    clips: list[ProbeClip] = []
+    clean_list: list[torch.Tensor] = []
+    pert_list: list[torch.Tensor] = []
+    skipped: list[dict[str, str]] = []
+    encoded = 0
+    for name, path, wav, wav_sr, description in iterator:
+        try:
+            if path is not None:
+                wav, wav_sr = load_audio(path)
+            assert wav is not None and wav_sr is not None
+            if wav.ndim != 2 or wav.shape[-1] == 0 or not torch.isfinite(wav).all():
+                raise NoiseProbeError(
+                    f"Expected finite, non-empty audio of shape [C, S] for '{name}' but got shape {tuple(wav.shape)}."
+                )
+            wav = convert_audio(wav.float(), wav_sr, sr, backend.channels)[..., :max_samples]
+            tokens_available = int(wav.shape[-1] * frame_rate // sr)
+            if tokens_available < min_tokens:
+                raise NoiseProbeError(
+                    f"Clip '{name}' is too short: {wav.shape[-1] / sr:.2f} s ({tokens_available} tokens) but the largest"
+                    f" window ends at token {spec.max_window_end} (+{spec.margin} margin)."
+                    " Use longer clips or a smaller onset/length."
+                )
+            audio_hash = hash_tensor(wav)
+            if codec_hash is None:
+                codec_hash = backend.codec_fingerprint()
+            key = _cache_key(audio_hash, spec, backend, codec_hash)
+            entry = _load_cached(cache, key)
+            if entry is None:
+                perturbed = torch.stack(
+                    [
+                        _perturb(
+                            wav, sr, frame_rate, spec, p, derive_seed(spec.seed, audio_hash, p.key)
+                        )
+                        for p in perts
+                    ]
+                )
+                clean_codes = backend.encode(wav[None]).cpu()[0]  # same batch shape as the copies
+                chunks = [
+                    backend.encode(perturbed[i : i + encode_batch_size]).cpu()
+                    for i in range(0, len(perts), encode_batch_size)
+                ]
+                entry = (clean_codes, torch.cat(chunks))
+                _store_cached(cache, key, entry)
+                encoded += 1
+        except NoiseProbeError as err:
+            if strict:
+                raise
+            skipped.append({"path": name, "reason": str(err)})
+            log.warning("Skipping probe clip: %s", err)
+            continue
+        clean_codes, pert_codes = entry
+        clips.append(ProbeClip(name, description, audio_hash, int(clean_codes.shape[-1])))
+        clean_list.append(clean_codes)
+        pert_list.append(pert_codes)
+
+    if not clips:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+        raise NoiseProbeError(
+            f"Expected at least one usable probe clip but all {len(skipped)} were skipped ({reasons})."
+        )
+    T = max(c.shape[-1] for c in clean_list)
+    clean = torch.stack([torch.nn.functional.pad(c, (0, T - c.shape[-1])) for c in clean_list])
+    pert = torch.stack([torch.nn.functional.pad(c, (0, T - c.shape[-1])) for c in pert_list])
+    return ProbeSet(spec, clips, perts, clean, pert, frame_rate, skipped, encoded)

@@ -1,0 +1,207 @@
+"""The result of one probe: per-token curves, regions and metrics."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lightning_noiseprobe.functional.aggregate import group_stats, summarize
+from lightning_noiseprobe.functional.curves import METRIC_NAMES, CurveAnalysis
+
+if TYPE_CHECKING:
+    from lightning_noiseprobe.probe.probeset import ProbeSet
+
+__all__ = ["SUMMARY_METRICS", "ProbeResult"]
+
+#: The headline metrics (``summary`` of ``metrics.json``; logged as ``noiseprobe/<name>``).
+SUMMARY_METRICS = (
+    "clean_loss",
+    "delta_loss",
+    "peak_mean",
+    "peak_sharpness",
+    "peak_area",
+    "peak_height",
+    "peak_width",
+    "assimilation_mean",
+    "recovery_mean",
+    "recovery_std",
+    "length_pearson",
+    "length_spearman",
+    "length_slope",
+)
+
+
+@dataclass
+class ProbeResult:
+    """Curves and metrics of a probe set scored by one model.
+
+    Tensors are on the CPU, float32; ``N`` clips, ``P`` perturbations,
+    ``K`` codebooks, ``T`` tokens.
+
+    Attributes:
+        clean: ``[N, T]`` codebook-averaged clean per-token loss.
+        perturbed: ``[N, P, T]`` codebook-averaged perturbed per-token loss.
+        clean_per_codebook: ``[N, K, T]``; perturbed_per_codebook: ``[N, P, K, T]``.
+        valid: ``[N, T]`` bool.
+        analysis: :class:`CurveAnalysis` of batch shape ``[N, P]``.
+        summary: headline metrics (finite values only).
+        by_length: ``{group: {length: {metric: {"mean", "std", "n"}}}}``.
+    """
+
+    clip_names: list[str]
+    perturbations: list[Any]
+    clean: torch.Tensor
+    perturbed: torch.Tensor
+    clean_per_codebook: torch.Tensor
+    perturbed_per_codebook: torch.Tensor
+    valid: torch.Tensor
+    analysis: CurveAnalysis
+    summary: dict[str, float]
+    by_length: dict[str, Any]
+    spec: dict[str, Any]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    model_name: str | None = None
+    backend_info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        probe_set: ProbeSet,
+        clean: torch.Tensor,
+        perturbed: torch.Tensor,
+        clean_per_codebook: torch.Tensor,
+        perturbed_per_codebook: torch.Tensor,
+        valid: torch.Tensor,
+        analysis: CurveAnalysis,
+        model_name: str | None = None,
+        backend_info: dict[str, Any] | None = None,
+    ) -> ProbeResult:
+        metrics = analysis.metrics()
+        keys = [(p.group, p.length) for _ in probe_set.clips for p in probe_set.perturbations]
+        flat = {k: v.reshape(-1) for k, v in metrics.items()}
+        lengths = torch.tensor([length for _, length in keys], dtype=torch.float32)
+        noise_items = torch.tensor(
+            [p.kind == "noise" for _ in probe_set.clips for p in probe_set.perturbations]
+        )
+        summary = summarize(flat)
+        # Fig. 2's length test is about noise injections, not shuffles
+        if bool(noise_items.any()):
+            corr = summarize({"delta_loss": flat["delta_loss"][noise_items]}, lengths[noise_items])
+            summary.update({k: v for k, v in corr.items() if k.startswith("length_")})
+        return cls(
+            clip_names=[c.name for c in probe_set.clips],
+            perturbations=list(probe_set.perturbations),
+            clean=clean,
+            perturbed=perturbed,
+            clean_per_codebook=clean_per_codebook,
+            perturbed_per_codebook=perturbed_per_codebook,
+            valid=valid,
+            analysis=analysis,
+            summary=summary,
+            by_length=group_stats(flat, keys),
+            spec=probe_set.spec.to_dict(),
+            skipped=list(probe_set.skipped),
+            model_name=model_name,
+            backend_info=dict(backend_info or {}),
+        )
+
+    # ------------------------------------------------------------------ views
+    def clip_records(self) -> list[dict[str, Any]]:
+        """One record per clip x perturbation, as in ``metrics.json``'s ``clips``."""
+        records = self.analysis.to_records()
+        out: list[dict[str, Any]] = []
+        P = len(self.perturbations)
+        for i, rec in enumerate(records):
+            clip, pert = self.clip_names[i // P], self.perturbations[i % P]
+            entry: dict[str, Any] = {
+                "path": clip,
+                "noise": pert.group,
+                "length": pert.length,
+                "onset": pert.onset,
+            }
+            if pert.kind == "shuffle":
+                entry["segment"] = pert.segment
+            entry.update(rec)
+            out.append(entry)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``metrics.json`` document (no NaN: missing values are ``null`` or left out)."""
+        return {
+            "model": self.model_name,
+            "backend": self.backend_info,
+            "spec": self.spec,
+            "num_clips": len(self.clip_names),
+            "summary": {k: self.summary[k] for k in SUMMARY_METRICS if k in self.summary}
+            | {k: v for k, v in self.summary.items() if k.endswith("_p")},
+            "by_length": {
+                g: {str(length): v for length, v in d.items()} for g, d in self.by_length.items()
+            },
+            "clips": self.clip_records(),
+            "skipped": self.skipped,
+        }
+
+    def mean_curves(self) -> dict[str, torch.Tensor]:
+        """Per-perturbation means over clips: ``clean [T]``, ``perturbed [P, T]``, ``delta [P, T]``."""
+        v = self.valid.float()
+        count = v.sum(0).clamp_min(1)
+        clean = (self.clean * v).sum(0) / count
+        pert = (self.perturbed * v[:, None]).sum(0) / count
+        return {"clean": clean, "perturbed": pert, "delta": pert - clean, "valid": v.sum(0) > 0}
+
+    # ------------------------------------------------------------------ output
+    def save(self, out_dir: str | os.PathLike[str], figures: bool = True) -> list[Path]:
+        """Write ``metrics.json``, ``curves.npz`` and (optionally) the three figures.
+
+        Each file is written atomically. Returns the written paths.
+        """
+        import numpy as np
+
+        from lightning_noiseprobe._io import atomic_path, atomic_write_json
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        atomic_write_json(out / "metrics.json", self.to_json())
+        written.append(out / "metrics.json")
+        with atomic_path(out / "curves.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                clips=np.array(self.clip_names),
+                perturbations=np.array([p.key for p in self.perturbations]),
+                clean=self.clean.numpy(),
+                perturbed=self.perturbed.numpy(),
+                clean_per_codebook=self.clean_per_codebook.numpy(),
+                perturbed_per_codebook=self.perturbed_per_codebook.numpy(),
+                valid=self.valid.numpy(),
+                delta=self.analysis.delta.numpy(),
+                smoothed=self.analysis.smoothed.numpy(),
+                start=self.analysis.start.numpy(),
+                regions=self.analysis.regions.numpy(),
+                **{f"metric_{k}": v.numpy() for k, v in self.analysis.metrics().items()},
+            )
+        written.append(out / "curves.npz")
+        if figures:
+            from lightning_noiseprobe import plots
+
+            for name, fig in (
+                ("fig2_loss_vs_length.png", plots.loss_vs_length(self)),
+                ("fig3_loss_curves.png", plots.loss_curves(self)),
+                ("fig4_regions.png", plots.region_distributions(self)),
+            ):
+                path = out / name
+                with atomic_path(path) as tmp:
+                    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+                plots.close(fig)
+                written.append(path)
+        return written
+
+
+assert set(SUMMARY_METRICS) - {"length_pearson", "length_spearman", "length_slope"} <= set(
+    METRIC_NAMES
+)
