@@ -1,0 +1,49 @@
+"""Data: the embedded chorale dataset and Lightning data modules over audio folders.
+
+Names are imported on first use, so ``import lightning_noiseprobe.data`` loads
+neither Lightning nor music21.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_noiseprobe.data.chorales import write_chorale_dataset
+    from lightning_noiseprobe.data.datamodule import (
+        AudioFile,
+        AudioFolderDataModule,
+        AudioSegmentDataset,
+        ChoraleDataModule,
+        EpochSampler,
+        collate_segments,
+        scan_audio_files,
+    )
+
+__all__ = [
+    "AudioFile",
+    "AudioFolderDataModule",
+    "AudioSegmentDataset",
+    "ChoraleDataModule",
+    "EpochSampler",
+    "collate_segments",
+    "scan_audio_files",
+    "write_chorale_dataset",
+]
+
+_MODULES = {name: "datamodule" for name in __all__}
+_MODULES["write_chorale_dataset"] = "chorales"
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
