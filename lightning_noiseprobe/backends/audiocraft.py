@@ -15,11 +15,12 @@ registers the backend) stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -377,6 +378,23 @@ def save_audiocraft_export(
     return folder
 
 
+@contextlib.contextmanager
+def _outside_inference_mode() -> Iterator[None]:
+    """Run under ``no_grad`` instead of ``inference_mode``.
+
+    audiocraft caches the delay pattern's index tensors (``functools.lru_cache``
+    in ``codebooks_patterns.py``). Built under ``inference_mode`` (as in
+    ``trainer.validate()``), they are inference tensors, and a later training
+    step at the same length fails with "Inference tensors cannot be saved for
+    backward". Leaving inference mode keeps every cached tensor usable.
+    """
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False), torch.no_grad():
+            yield
+    else:
+        yield
+
+
 def _hf_offline() -> bool:
     """Whether the hub must not be contacted (read at call time, unlike huggingface_hub)."""
     from huggingface_hub import constants
@@ -463,7 +481,7 @@ class AudiocraftBackend(ProbeBackend):
                 f"but got {unknown}."
             )
         self.model = str(model)
-        self.device = torch.device(device)
+        self._device = torch.device(device)
         self.dtype = dtype
         self.seed = int(seed)
         self.tiny_config = tiny_config
@@ -495,8 +513,8 @@ class AudiocraftBackend(ProbeBackend):
             lm, codec = _build_tiny_parts(self.seed, self.tiny_config)
         else:
             name, lm, codec = self._load_pretrained()
-        lm = lm.to(device=self.device, dtype=self.dtype).eval()
-        codec = codec.to(self.device).eval()
+        lm = lm.to(device=self._device, dtype=self.dtype).eval()
+        codec = codec.to(self._device).eval()
         codec.requires_grad_(False)
         if lm.condition_provider.has_joint_embed_conditions:
             raise NoiseProbeError(
@@ -614,6 +632,14 @@ class AudiocraftBackend(ProbeBackend):
             raise RuntimeError(f"{self!r} is not loaded: call `.load()` first.")
         return self._musicgen
 
+    @property
+    def device(self) -> torch.device:
+        """Where the LM's weights are: follows the model when Lightning (or you) move it."""
+        if self._musicgen is None:
+            return self._device
+        param = next(self._musicgen.lm.parameters(), None)
+        return param.device if param is not None else self._device
+
     # -- modules --------------------------------------------------------------
     @property
     def musicgen(self) -> MusicGen:
@@ -683,7 +709,9 @@ class AudiocraftBackend(ProbeBackend):
                 f"Expected argument `wav` of shape [B, {self.channels}, S] but got {tuple(wav.shape)}."
             )
         with torch.no_grad():
-            codes, _scale = musicgen.compression_model.encode(wav.to(self.device, torch.float32))
+            codec = musicgen.compression_model
+            codec_device = next(codec.parameters()).device
+            codes, _scale = codec.encode(wav.to(codec_device, torch.float32))
         return codes.long()
 
     def _condition_tensors(self, batch: int, descriptions: Sequence[str | None] | None) -> Any:
@@ -744,8 +772,9 @@ class AudiocraftBackend(ProbeBackend):
                 f"but got {tuple(codes.shape)}."
             )
         codes = codes.to(self.device, torch.long)
-        condition_tensors = self._condition_tensors(codes.shape[0], descriptions)
-        out = self.lm.compute_predictions(codes, [], condition_tensors=condition_tensors)
+        with _outside_inference_mode():
+            condition_tensors = self._condition_tensors(codes.shape[0], descriptions)
+            out = self.lm.compute_predictions(codes, [], condition_tensors=condition_tensors)
         return out.logits, out.mask.to(torch.bool)
 
     def token_nll(

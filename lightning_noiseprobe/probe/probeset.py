@@ -24,7 +24,16 @@ from lightning_noiseprobe.probe.spec import Perturbation, ProbeSpec
 if TYPE_CHECKING:
     from lightning_noiseprobe.backends.base import ProbeBackend
 
-__all__ = ["AUDIO_EXTENSIONS", "ProbeClip", "ProbeSet", "build_probe_set", "find_audio_files"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "ProbeClip",
+    "ProbeSet",
+    "build_probe_set",
+    "clear_memory_cache",
+    "default_cache_dir",
+    "find_audio_files",
+    "perturb_clip",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +125,8 @@ class ProbeSet:
     clean_codes: torch.Tensor
     perturbed_codes: torch.Tensor
     frame_rate: float
+    sample_rate: int
+    channels: int
     skipped: list[dict[str, str]] = field(default_factory=list)
     encoded_clips: int = 0  #: how many clips needed the codec (0 = all from cache)
 
@@ -189,11 +200,22 @@ def clear_memory_cache() -> None:
     _MEMORY_CACHE.clear()
 
 
-def _perturb(
-    wav: torch.Tensor, sr: int, frame_rate: float, spec: ProbeSpec, pert: Perturbation, seed: int
+def perturb_clip(
+    wav: torch.Tensor,
+    sr: int,
+    frame_rate: float,
+    spec: ProbeSpec,
+    pert: Perturbation,
+    audio_hash: str,
 ) -> torch.Tensor:
+    """Apply one perturbation of ``spec`` to a clip ``[C, S]``, with the seed the probe set uses.
+
+    The seed depends on the spec's seed, the clip's audio hash and the
+    perturbation only, so any process can recreate the exact perturbed audio.
+    """
     from lightning_noiseprobe.perturbations import inject_noise, shuffle_segments
 
+    seed = derive_seed(spec.seed, audio_hash, pert.key)
     if pert.kind == "noise":
         return inject_noise(
             wav,
@@ -332,12 +354,7 @@ def build_probe_set(
             entry = _load_cached(cache, key)
             if entry is None:
                 perturbed = torch.stack(
-                    [
-                        _perturb(
-                            wav, sr, frame_rate, spec, p, derive_seed(spec.seed, audio_hash, p.key)
-                        )
-                        for p in perts
-                    ]
+                    [perturb_clip(wav, sr, frame_rate, spec, p, audio_hash) for p in perts]
                 )
                 clean_codes = backend.encode(wav[None]).cpu()[0]  # same batch shape as the copies
                 chunks = [
@@ -366,4 +383,6 @@ def build_probe_set(
     T = max(c.shape[-1] for c in clean_list)
     clean = torch.stack([torch.nn.functional.pad(c, (0, T - c.shape[-1])) for c in clean_list])
     pert = torch.stack([torch.nn.functional.pad(c, (0, T - c.shape[-1])) for c in pert_list])
-    return ProbeSet(spec, clips, perts, clean, pert, frame_rate, skipped, encoded)
+    return ProbeSet(
+        spec, clips, perts, clean, pert, frame_rate, sr, backend.channels, skipped, encoded
+    )

@@ -1,0 +1,275 @@
+"""NoiseProbeCallback inside a real Lightning Trainer on the tiny audiocraft model."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from audio_fixtures import write_audio
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.backends.audiocraft import AudiocraftBackend
+from lightning_noiseprobe.callback import NoiseProbeCallback
+from lightning_noiseprobe.functional.losses import codebook_cross_entropy, token_nll_from_logits
+
+PROBE = {"onset": 60, "lengths": (5, 20, 60), "clip_seconds": 4.0}
+
+
+class CodesDataset(Dataset):
+    """Fixed random code sequences (no audio needed to train the LM)."""
+
+    def __init__(self, n: int = 8, T: int = 60, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.codes = torch.randint(0, 2048, (n, 4, T), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.codes[i]
+
+
+class ProtocolModule(pl.LightningModule):
+    """A user's own module following the documented probe protocol."""
+
+    def __init__(self, lr: float = 1e-3, dropout: float = 0.1):
+        super().__init__()
+        self._backend = AudiocraftBackend("tiny", seed=0).load()
+        self.lm = self._backend.lm
+        self.codec = self._backend.codec
+        self.lr = lr
+        self.dropout = torch.nn.Dropout(dropout)  # uses the global RNG: any RNG leak shows up
+        self.train_losses: list[float] = []
+
+    @property
+    def probe_backend(self) -> AudiocraftBackend:
+        return self._backend
+
+    def _loss(self, codes: torch.Tensor) -> torch.Tensor:
+        logits, mask = self._backend.lm_logits(codes)
+        logits = self.dropout(logits)
+        nll, mask = token_nll_from_logits(logits, codes, mask)
+        return codebook_cross_entropy(nll, mask)[0]
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.train_losses.append(float(loss))
+        self.log("train/ce", loss, batch_size=batch.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/ce", self._loss(batch), batch_size=batch.shape[0])
+
+    def train_dataloader(self):
+        return DataLoader(CodesDataset(), batch_size=4, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(CodesDataset(n=4, seed=1), batch_size=4)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.lm.parameters(), lr=self.lr)
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("probe_clips")
+    write_audio(d / "a.wav", 32000, 1, seconds=4.2)
+    write_audio(d / "b.flac", 48000, 2, seconds=4.2)
+    return d
+
+
+def _trainer(tmp_path, callbacks, max_epochs=2, logger=False, **kw):
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        num_sanity_val_steps=1,
+        deterministic=True,
+        **kw,
+    )
+
+
+def _probe(probe_dir, tmp_path, **kw):
+    return NoiseProbeCallback(
+        probe_audio=probe_dir, cache_dir=tmp_path / "cache", batch_size=4, **PROBE, **kw
+    )
+
+
+def test_training_is_bitwise_identical_with_and_without_probe(probe_dir, tmp_path):
+    def run(with_probe: bool):
+        pl.seed_everything(123, workers=True)
+        model = ProtocolModule()
+        callbacks = [_probe(probe_dir, tmp_path)] if with_probe else []
+        _trainer(tmp_path / str(with_probe), callbacks, max_epochs=2).fit(model)
+        return model
+
+    plain, probed = run(False), run(True)
+    assert len(plain.train_losses) == 4
+    assert plain.train_losses == probed.train_losses  # exact float equality, every step
+    for (name, a), (_, b) in zip(
+        plain.state_dict().items(), probed.state_dict().items(), strict=False
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_metrics_monitored_logged_and_modes_restored(probe_dir, tmp_path):
+    probe = _probe(probe_dir, tmp_path, log_audio=True)
+    model = ProtocolModule()
+    model.lm.train()
+    model.codec.train()  # unusual modes must come back exactly as they were
+    model.lm.transformer.layers[0].eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    early = EarlyStopping(
+        monitor="noiseprobe/peak_sharpness", mode="max", patience=1, min_delta=1e9, strict=True
+    )
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        monitor="noiseprobe/peak_sharpness",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+    )
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    trainer = _trainer(tmp_path, [probe, early, ckpt], max_epochs=6, logger=logger)
+    trainer.fit(model)
+
+    # EarlyStopping saw the metric in the same epoch: min_delta is unreachable, patience 1 -> stop after epoch 2
+    assert trainer.current_epoch == 2 and trainer.should_stop
+    assert [h["epoch"] for h in probe.history] == [0, 1]  # not during the sanity check
+    sharp = [h["peak_sharpness"] for h in probe.history]
+    assert all(math.isfinite(v) for v in sharp)
+    assert float(ckpt.best_model_score) == pytest.approx(max(sharp), rel=1e-6)
+    assert "noiseprobe/white/len60/delta_loss" in trainer.callback_metrics
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+    # TensorBoard event files, read back with tensorboard's own reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0, "audio": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    steps = [e.step for e in acc.Scalars("noiseprobe/peak_sharpness")]
+    assert len(steps) == 2
+    assert [e.value for e in acc.Scalars("noiseprobe/peak_sharpness")] == pytest.approx(
+        sharp, rel=1e-5
+    )
+    assert {"noiseprobe/delta_curve", "noiseprobe/loss_vs_length", "noiseprobe/history"} <= set(
+        tags["images"]
+    )
+    assert len(acc.Images("noiseprobe/delta_curve")) == 2
+    assert acc.Images("noiseprobe/history")[-1].encoded_image_string[:4] == b"\x89PNG"
+    assert any(t.startswith("noiseprobe/audio/") for t in tags["audio"])
+    # the custom-scalars layout is written once
+    from tensorboard.plugins.custom_scalar import metadata
+
+    assert metadata.PLUGIN_NAME in acc.PluginTagToContent(
+        metadata.PLUGIN_NAME
+    ) or acc.PluginTagToContent(metadata.PLUGIN_NAME)
+
+    # resume from the last checkpoint: the history continues
+    resumed_probe = _probe(probe_dir, tmp_path)
+    resumed = _trainer(tmp_path, [resumed_probe], max_epochs=4)
+    resumed.fit(ProtocolModule(), ckpt_path=ckpt.last_model_path)
+    assert [h["epoch"] for h in resumed_probe.history] == [0, 1, 2, 3]
+    assert resumed_probe.history[0]["peak_sharpness"] == pytest.approx(sharp[0])
+
+
+def test_changed_spec_is_reported_on_resume(probe_dir, tmp_path):
+    probe = _probe(probe_dir, tmp_path)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "c", save_last=True)
+    _trainer(tmp_path, [probe, ckpt], max_epochs=1).fit(ProtocolModule())
+    other = NoiseProbeCallback(
+        probe_audio=probe_dir,
+        cache_dir=tmp_path / "cache",
+        onset=60,
+        lengths=(5, 20),
+        clip_seconds=4.0,
+    )
+    with pytest.warns(UserWarning, match="probe spec changed"):
+        other.load_state_dict(probe.state_dict())
+    assert other.history[0]["spec_hash"] == probe.spec.hash()
+
+
+def test_probe_failure_warns_and_training_continues(probe_dir, tmp_path, monkeypatch):
+    import lightning_noiseprobe.probe.runner as runner
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(runner, "score_probe_set", boom)
+    pl.seed_everything(0)
+    model = ProtocolModule()
+    probe = _probe(probe_dir, tmp_path)
+    trainer = _trainer(tmp_path, [probe], max_epochs=2)
+    with pytest.warns(UserWarning, match="probe failed at epoch 0"):
+        trainer.fit(model)
+    assert len(model.train_losses) == 4 and not probe.history and len(probe.failures) == 2
+    assert not any(k.startswith("noiseprobe/") for k in trainer.callback_metrics)
+    assert model.training  # modes restored even on failure
+
+    fatal = _probe(probe_dir, tmp_path, fatal=True)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _trainer(tmp_path, [fatal], max_epochs=1).fit(ProtocolModule())
+
+
+def test_validate_and_fast_dev_run_are_skipped_unless_asked(probe_dir, tmp_path):
+    model = ProtocolModule()
+    probe = _probe(probe_dir, tmp_path)
+    _trainer(tmp_path, [probe], max_epochs=1).validate(model)
+    assert probe.history == []
+    asked = _probe(probe_dir, tmp_path, run_on_validate=True)
+    _trainer(tmp_path, [asked], max_epochs=1).validate(model)
+    assert len(asked.history) == 1
+    quick = _probe(probe_dir, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pl.Trainer(
+            fast_dev_run=True, callbacks=[quick], accelerator="cpu", enable_progress_bar=False
+        ).fit(model)
+    assert quick.history == []
+
+
+def test_every_n_epochs(probe_dir, tmp_path):
+    probe = _probe(probe_dir, tmp_path, every_n_epochs=2)
+    _trainer(tmp_path, [probe], max_epochs=4).fit(ProtocolModule())
+    assert [h["epoch"] for h in probe.history] == [1, 3]
+
+
+def test_module_without_protocol_gets_clear_error(probe_dir, tmp_path):
+    class Plain(ProtocolModule):
+        probe_backend = None
+
+    with pytest.raises(NoiseProbeError, match="probe_backend"):
+        _trainer(tmp_path, [_probe(probe_dir, tmp_path)], max_epochs=1).fit(Plain())
+
+
+def test_missing_probe_audio_lists_options(tmp_path):
+    with pytest.raises(NoiseProbeError, match="probe_audio"):
+        _trainer(tmp_path, [NoiseProbeCallback(**PROBE)], max_epochs=1).fit(ProtocolModule())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"precision": "8"}, "precision"),
+        ({"lengths": (-5,)}, "lengths"),
+        ({"prefix": "a/b"}, "prefix"),
+    ],
+)
+def test_argument_validation(kwargs, match):
+    with pytest.raises(NoiseProbeError, match=match):
+        NoiseProbeCallback(**kwargs)
