@@ -464,6 +464,39 @@ def format_summary(summary: dict[str, float], title: str = "") -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- demo
+def _add_demo_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="train the embedded tiny model on Bach chorales with the probe (CPU, minutes)",
+        description="Render Bach chorales, fine-tune the tiny MusicGen-shaped model for a few epochs with"
+        " NoiseProbeCallback, write TensorBoard logs, export the model and print the metrics per epoch.",
+    )
+    p.add_argument("--workdir", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--epochs", type=_positive_int("--epochs"), default=8, help="training epochs (default 8)")
+    p.add_argument("--clips", type=_positive_int("--clips"), default=24, help="chorale clips to render (default 24)")
+    p.add_argument("--probe-clips", type=_positive_int("--probe-clips"), default=4, help="held-out probe clips (default 4)")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=4)
+    p.add_argument("--lr", type=_finite_float("--lr"), default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lightning_noiseprobe.demo import run_demo
+
+    run_demo(
+        workdir=args.workdir,
+        epochs=args.epochs,
+        num_clips=args.clips,
+        probe_clips=args.probe_clips,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``noiseprobe`` argument parser (sub-commands registered here)."""
@@ -474,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Probe music language models with noise injections (Li, Liu, Wang, ICASSP 2026).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name} (see `noiseprobe {name} --help`)", add_help=False)
+    _add_demo_parser(sub)
 
     p = sub.add_parser(
         "inject",
@@ -560,9 +596,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LIGHTNING_COMMANDS = ("fit", "validate")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``noiseprobe`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _LIGHTNING_COMMANDS:
+        from lightning_noiseprobe.lightning_cli import run_lightning_cli
+
+        try:
+            run_lightning_cli(argv)
+        except NoiseProbeError as err:
+            print(f"noiseprobe: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
