@@ -81,8 +81,14 @@ def run_demo(
     batch_size: int = 4,
     lr: float = 3e-3,
     seed: int = 0,
+    clip_seconds: float = 15.0,
+    onset: int = 250,
+    lengths: tuple[int, ...] = (5, 10, 50, 100, 150, 200),
 ) -> dict[str, Any]:
-    """Run the demo; returns the per-epoch rows, the export folder and the TensorBoard log dir."""
+    """Run the demo; returns the per-epoch rows, the export folder and the TensorBoard log dir.
+
+    ``clip_seconds``, ``onset`` and ``lengths`` default to the paper's protocol; tests shrink them.
+    """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -104,8 +110,8 @@ def run_demo(
     data = ChoraleDataModule(
         root=str(work / "chorales"),
         num_clips=num_clips,
-        clip_seconds=15.0,
-        segment_seconds=10.0,
+        clip_seconds=clip_seconds,
+        segment_seconds=min(10.0, clip_seconds),
         batch_size=batch_size,
         val_fraction=max(0.1, 2 / num_clips),
         probe_fraction=probe_clips / num_clips,
@@ -113,7 +119,14 @@ def run_demo(
     )
     data.prepare_data()
     model = MusicGenLightningModule(model="tiny", seed=seed, lr=lr, warmup_steps=10, cfg_dropout=0.3)
-    probe = NoiseProbeCallback(cache_dir=str(work / "token_cache"), batch_size=8, log_audio=True)
+    probe = NoiseProbeCallback(
+        cache_dir=str(work / "token_cache"),
+        batch_size=8,
+        log_audio=True,
+        onset=onset,
+        lengths=lengths,
+        clip_seconds=clip_seconds,
+    )
     checkpoint = ModelCheckpoint(
         dirpath=work / "checkpoints",
         filename="epoch{epoch}-sharpness{noiseprobe/peak_sharpness:.3f}",

@@ -157,8 +157,12 @@ def delta_curve(result: ProbeResult, max_lines: int = 6) -> Figure:
     onset = min(p.onset for p in perts)
     lo, hi = max(0, onset - 30), min(T, max(p.onset + p.length for p in perts) + 60)
     t = torch.arange(T)[lo:hi]
+    from lightning_noiseprobe.functional.curves import moving_average
+
+    smoothed = moving_average(curves["delta"], result.spec.get("smoothing", 5))
     for i, pert in enumerate(perts):
-        ax.plot(t, curves["delta"][i, lo:hi], lw=1.0, label=f"{pert.group} {pert.length}")
+        (line,) = ax.plot(t, smoothed[i, lo:hi], lw=1.2, label=f"{pert.group} {pert.length}")
+        ax.plot(t, curves["delta"][i, lo:hi], lw=0.5, alpha=0.3, color=line.get_color())
     # regions of each perturbation's mean over clips, for the longest one
     longest = max(range(len(perts)), key=lambda i: perts[i].length)
     regions = result.analysis.regions[:, longest].float().mean(0).round().long().tolist()
@@ -167,7 +171,7 @@ def delta_curve(result: ProbeResult, max_lines: int = 6) -> Figure:
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xlabel("token")
     ax.set_ylabel("Δ loss")
-    ax.set_title("Token-wise loss difference (mean over clips)", fontsize=10)
+    ax.set_title("Token-wise loss difference, mean over clips (bold: 5-token moving average)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     return fig
 
