@@ -22,7 +22,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lightning_noiseprobe._errors import NoiseProbeError
 
@@ -46,6 +46,13 @@ _INDEX_COLUMNS = {
 
 
 # ----------------------------------------------------------------------------- helpers
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``noiseprobe inject: error: ...`` and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _positive_int(name: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -502,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``noiseprobe`` argument parser (sub-commands registered here)."""
     from lightning_noiseprobe.perturbations.noise import NOISE_COLORS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="noiseprobe",
         description="Probe music language models with noise injections (Li, Liu, Wang, ICASSP 2026).",
     )

@@ -14,8 +14,15 @@ def test_demo_pipeline_small(tmp_path, capsys):
     from lightning_noiseprobe.demo import run_demo
 
     out = run_demo(
-        tmp_path / "demo", epochs=2, num_clips=6, probe_clips=1, batch_size=2, lr=3e-3,
-        clip_seconds=4.0, onset=60, lengths=(5, 20, 60),
+        tmp_path / "demo",
+        epochs=2,
+        num_clips=6,
+        probe_clips=1,
+        batch_size=2,
+        lr=3e-3,
+        clip_seconds=4.0,
+        onset=60,
+        lengths=(5, 20, 60),
     )
     printed = capsys.readouterr().out
     assert "tensorboard --logdir" in printed and "sharpness" in printed

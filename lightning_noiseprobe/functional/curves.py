@@ -30,8 +30,7 @@ whole clip. Empty regions (``start == end``) are allowed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -484,13 +483,4 @@ def analyze_curves(
         delta_loss=_masked_mean(delta, valid),
         clean_loss=_masked_mean(clean32, valid),
         **metrics,
-    )
-
-
-def stack_analyses(analyses: Sequence[CurveAnalysis]) -> CurveAnalysis:
-    """Concatenate per-batch analyses along the first axis (same ``T``)."""
-    if not analyses:
-        raise NoiseProbeError("Expected at least one analysis to stack but got none.")
-    return CurveAnalysis(
-        **{f.name: torch.cat([getattr(a, f.name) for a in analyses]) for f in fields(CurveAnalysis)}
     )
