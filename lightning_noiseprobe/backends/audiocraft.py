@@ -711,7 +711,9 @@ class AudiocraftBackend(ProbeBackend):
         with torch.no_grad():
             codec = musicgen.compression_model
             codec_device = next(codec.parameters()).device
-            codes, _scale = codec.encode(wav.to(codec_device, torch.float32))
+            # fp32 whatever the caller's autocast: codes must not depend on the trainer's precision
+            with torch.autocast(codec_device.type, enabled=False):
+                codes, _scale = codec.encode(wav.to(codec_device, torch.float32))
         return codes.long()
 
     def _condition_tensors(self, batch: int, descriptions: Sequence[str | None] | None) -> Any:
@@ -798,3 +800,243 @@ class AudiocraftBackend(ProbeBackend):
         """
         logits, mask = self.lm_logits(codes, descriptions)
         return token_nll_from_logits(logits, codes.to(logits.device), mask)
+
+    # -- fast scoring (inference) ---------------------------------------------
+    def _plain_delays(self) -> list[int] | None:
+        """The codebook delays if the fused scoring paths apply, else ``None``.
+
+        They apply to an unmodified ``LMModel`` (no FSDP wrapper, stock
+        ``forward``) with a plain delay pattern (``flatten_first = 0``,
+        ``empty_initial = 0``), conditions fused only through cross-attention,
+        and absolute (sinusoidal) positions without RoPE; otherwise callers
+        fall back to :meth:`token_nll`.
+        """
+        from audiocraft.models.lm import LMModel
+        from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
+
+        lm = self._require_loaded().lm
+        provider = lm.pattern_provider
+        if (
+            type(lm).forward is not LMModel.forward
+            or getattr(lm, "_fsdp", None) is not None
+            or type(provider) is not DelayedPatternProvider
+            or provider.flatten_first != 0
+            or provider.empty_initial != 0
+            or any(lm.fuser.fuse2cond.get(op) for op in ("sum", "prepend", "input_interpolate"))
+            or getattr(lm.transformer, "positional_embedding", "sin") != "sin"
+        ):
+            return None
+        return [int(d) for d in provider.delays]
+
+    def _delayed_sequence(self, codes: torch.Tensor, delays: list[int]) -> torch.Tensor:
+        """The LM's input ``[B, K, T]``: position ``p`` of codebook ``q`` holds frame ``p - 1 - d_q``.
+
+        The first ``T`` steps of ``pattern.build_pattern_sequence`` (the last
+        step only feeds logits that no code uses).
+        """
+        T = codes.shape[-1]
+        seq = torch.full_like(codes, self.cardinality)  # the special token
+        for q, d in enumerate(delays):
+            if T - 1 - d > 0:
+                seq[:, q, 1 + d :] = codes[:, q, : T - 1 - d]
+        return seq
+
+    def _delay_mask(self, batch: int, frames: int, delays: list[int]) -> torch.Tensor:
+        """``[B, K, T]`` bool: frame ``t`` of codebook ``k`` is scored iff ``t < T - d_k``."""
+        limit = torch.tensor([frames - d for d in delays], device=self.device)
+        mask = torch.arange(frames, device=self.device) < limit[:, None]
+        return mask[None].expand(batch, -1, -1)
+
+    def _nll_at_positions(
+        self,
+        sequence: torch.Tensor,
+        codes: torch.Tensor,
+        condition_tensors: Any,
+        delays: list[int],
+        start: int,
+    ) -> torch.Tensor:
+        """Per-token NLL from the LM run on delayed positions ``[start, start + L)``.
+
+        ``sequence`` ``[B, K, L]`` is that slice of the delayed input (under
+        ``lm.streaming()`` the positions before ``start`` come from the
+        streaming state). Position ``p`` of codebook ``k`` scores frame
+        ``p - d_k``; the result ``[B, K, T]`` float32 holds those frames and 0
+        elsewhere. The cross-entropy runs per codebook on its output head, in
+        float32, without stacking or reverting the ``[B, K, L, card]`` logits.
+        """
+        lm = self.lm
+        B, K, L = sequence.shape
+        T = codes.shape[-1]
+        x = sum(lm.emb[k](sequence[:, k]) for k in range(K))
+        x, cross = lm.fuser(x, condition_tensors)
+        out = lm.transformer(x, cross_attention_src=cross)
+        if lm.out_norm is not None:
+            out = lm.out_norm(out)
+        nll = torch.zeros(B, K, T, device=out.device, dtype=torch.float32)
+        for k, d in enumerate(delays):
+            lo, hi = max(start, d), min(start + L, T)  # delayed positions scoring a frame
+            if lo >= hi:
+                continue
+            logits = lm.linears[k](out[:, lo - start : hi - start]).float()  # [B, n, card]
+            target = codes[:, k, lo - d : hi - d]
+            ce = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
+            )
+            nll[:, k, lo - d : hi - d] = ce.view(B, hi - lo)
+        return nll
+
+    def _check_codes(self, codes: torch.Tensor, name: str = "codes") -> None:
+        if codes.dim() != 3 or codes.shape[1] != self.num_codebooks:
+            raise NoiseProbeError(
+                f"Expected argument `{name}` of shape [B, {self.num_codebooks}, T] "
+                f"but got {tuple(codes.shape)}."
+            )
+
+    def token_nll_fast(
+        self,
+        codes: torch.Tensor,
+        descriptions: Sequence[str | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`token_nll` without audiocraft's logits bookkeeping, for scoring.
+
+        Runs the LM on the delayed sequence and takes the cross-entropy of each
+        codebook's head at the positions that score its frames (frame ``t`` of
+        codebook ``k`` is scored at delayed position ``t + d_k``), instead of
+        reverting, NaN-filling and log-softmaxing the full ``[B, K, T, card]``
+        logits as ``compute_predictions`` + :func:`token_nll_from_logits` do.
+        Same values (float32 rounding, about 1e-6) and the same mask as
+        :meth:`token_nll`; falls back to it for LMs it does not cover (see
+        :meth:`_plain_delays`). Differentiable, but meant for ``torch.no_grad()``.
+
+        Args:
+            codes: ``[B, K, T]`` long codes.
+            descriptions: one text per item (``None`` = unconditional), or ``None``.
+
+        Returns:
+            ``(nll, mask)``, both ``[B, K, T]``; ``nll`` float32 (0 where invalid).
+        """
+        self._require_loaded()
+        self._check_codes(codes)
+        delays = self._plain_delays()
+        if delays is None:
+            return self.token_nll(codes, descriptions)
+        codes = codes.to(self.device, torch.long)
+        B, _, T = codes.shape
+        with _outside_inference_mode():
+            condition_tensors = self._condition_tensors(B, descriptions)
+            sequence = self._delayed_sequence(codes, delays)
+            nll = self._nll_at_positions(sequence, codes, condition_tensors, delays, 0)
+        return nll, self._delay_mask(B, T, delays)
+
+    @property
+    def supports_prefix_sharing(self) -> bool:
+        """``True`` when the LM is covered by the fused, streaming scoring path."""
+        return self._musicgen is not None and self._plain_delays() is not None
+
+    def token_nll_shared_prefix(
+        self,
+        codes: torch.Tensor,
+        variants: torch.Tensor,
+        descriptions: Sequence[str | None] | None = None,
+        *,
+        shared_frames: int = 0,
+        batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token NLL of clean sequences and their variants, running each shared prefix once.
+
+        The delayed input at position ``p`` holds frames ``p - 1 - d_q`` (all
+        ``< p``) and position ``p`` scores frame ``p - d_k`` (``<= p``), so a
+        position ``p < shared_frames`` reads and scores only shared frames: it
+        gives the same losses for a clean sequence and all its variants
+        (``p = shared_frames`` already scores a differing frame of codebook 0).
+        One position of margin is kept: positions ``[0, shared_frames - 1)``
+        run once per clean sequence inside ``lm.streaming()``;
+        the attention cache is then copied to each row (clean and variants) and
+        the remaining positions run as a continuation. Frame ``t`` of codebook
+        ``k`` (position ``t + d_k``) takes its value from the prefix pass when
+        ``t + d_k < shared_frames - 1`` and from the continuation otherwise, so the
+        result equals full scoring up to float rounding.
+
+        For the chunked continuation every ``StreamingMultiheadAttention`` runs
+        with ``memory_efficient=False`` (the einsum attention, same numbers);
+        the flags are restored and the streaming state is left empty afterwards.
+        Falls back to full scoring when the LM is not covered, is already
+        streaming, or nothing is shared.
+
+        Args:
+            codes: ``[B, K, T]`` clean codes.
+            variants: ``[B, P, K, T]``; ``variants[b, p, :, :shared_frames] == codes[b, :, :shared_frames]``.
+            descriptions: one text per clean sequence, or ``None``.
+            shared_frames: frames every variant shares with its clean sequence.
+            batch_size: most rows per continuation pass (``None``: all at once).
+
+        Returns:
+            ``(nll, mask)``, both ``[B, 1 + P, K, T]`` (index 0: clean).
+        """
+        from audiocraft.modules.transformer import StreamingMultiheadAttention
+
+        self._require_loaded()
+        self._check_codes(codes)
+        B, P, K, T = variants.shape
+        if codes.shape != (B, K, T):
+            raise NoiseProbeError(
+                f"Expected argument `variants` of shape [{codes.shape[0]}, P, {codes.shape[1]}, "
+                f"{codes.shape[2]}] (P variants of each clean sequence) but got {tuple(variants.shape)}."
+            )
+        lm = self.lm
+        delays = self._plain_delays()
+        # one position of margin; keep at least one position to continue with
+        split = min(int(shared_frames) - 1, T - 1)
+        if delays is None or lm._is_streaming or split < 1:
+            return super().token_nll_shared_prefix(
+                codes, variants, descriptions, shared_frames=0, batch_size=batch_size
+            )
+        device = self.device
+        codes = codes.to(device, torch.long)
+        rows = torch.cat([codes[:, None], variants.to(device, torch.long)], dim=1)
+        rows = rows.reshape(B * (1 + P), K, T)
+        owner = torch.arange(B, device=device).repeat_interleave(1 + P)  # clean row of each row
+        size = rows.shape[0] if batch_size is None else max(1, int(batch_size))
+        attentions = [m for m in lm.modules() if isinstance(m, StreamingMultiheadAttention)]
+        flags = [m.memory_efficient for m in attentions]
+        parts: list[torch.Tensor] = []
+        try:
+            for m in attentions:
+                m.memory_efficient = False
+            with _outside_inference_mode():
+                condition_tensors = self._condition_tensors(B, descriptions)
+                with lm.streaming():
+                    prefix_nll = self._nll_at_positions(
+                        self._delayed_sequence(codes, delays)[..., :split],
+                        codes,
+                        condition_tensors,
+                        delays,
+                        0,
+                    )
+                    state = lm.get_streaming_state()
+                sequence = self._delayed_sequence(rows, delays)[..., split:]
+                for i in range(0, rows.shape[0], size):
+                    index = owner[i : i + size]
+                    with lm.streaming():
+                        lm.set_streaming_state(
+                            {
+                                key: value.index_select(0, index) if value.dim() else value.clone()
+                                for key, value in state.items()
+                            }
+                        )
+                        conditions = {
+                            name: tuple(t.index_select(0, index) for t in pair)
+                            for name, pair in condition_tensors.items()
+                        }
+                        suffix_nll = self._nll_at_positions(
+                            sequence[i : i + size], rows[i : i + size], conditions, delays, split
+                        )
+                    # disjoint frames, zero elsewhere: the sum is exact
+                    parts.append(prefix_nll.index_select(0, index) + suffix_nll)
+        finally:
+            for m, flag in zip(attentions, flags, strict=True):
+                m.memory_efficient = flag
+        shape = (B, 1 + P, K, T)
+        nll = torch.cat(parts).reshape(shape)
+        mask = self._delay_mask(B * (1 + P), T, delays).reshape(shape)
+        return nll, mask

@@ -119,6 +119,70 @@ class ProbeBackend(ABC):
             ``(nll, mask)``, both ``[B, K, T]``; ``nll`` float32, ``mask`` bool.
         """
 
+    # -- optional fast paths (inference only; defaults fall back to token_nll) --
+    def token_nll_fast(
+        self,
+        codes: torch.Tensor,
+        descriptions: Sequence[str | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`token_nll` for scoring under ``torch.no_grad()``: same values and mask.
+
+        Backends may override it with a cheaper computation (e.g. one that never
+        materialises log-probabilities over the whole vocabulary); the result
+        must equal :meth:`token_nll` up to float rounding. The default calls
+        :meth:`token_nll`.
+        """
+        return self.token_nll(codes, descriptions)
+
+    @property
+    def supports_prefix_sharing(self) -> bool:
+        """Whether :meth:`token_nll_shared_prefix` reuses the shared prefix (default ``False``)."""
+        return False
+
+    def token_nll_shared_prefix(
+        self,
+        codes: torch.Tensor,
+        variants: torch.Tensor,
+        descriptions: Sequence[str | None] | None = None,
+        *,
+        shared_frames: int = 0,
+        batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token NLL of clean sequences and variants that copy their first frames.
+
+        Every ``variants[b, p]`` must equal ``codes[b]`` on the frames
+        ``[0, shared_frames)`` (all codebooks). A backend that supports prefix
+        sharing runs that prefix once per clean sequence and scores only the
+        rest of each variant; the values equal separate :meth:`token_nll` calls
+        up to float rounding. This default scores every sequence in full.
+
+        Args:
+            codes: ``[B, K, T]`` clean codes.
+            variants: ``[B, P, K, T]`` variants of each clean sequence.
+            descriptions: one text per clean sequence (shared by its variants), or ``None``.
+            shared_frames: frames every variant shares with its clean sequence
+                (``0``: nothing shared).
+            batch_size: most sequences per forward pass (``None``: all at once).
+
+        Returns:
+            ``(nll, mask)``, both ``[B, 1 + P, K, T]``: index 0 along dim 1 is
+            the clean sequence, ``1 + p`` the variant ``p``.
+        """
+        B, P, K, T = variants.shape
+        rows = torch.cat([codes[:, None].to(variants.device), variants], dim=1)
+        rows = rows.reshape(B * (1 + P), K, T)
+        descs = None if descriptions is None else [d for d in descriptions for _ in range(1 + P)]
+        size = rows.shape[0] if batch_size is None else max(1, int(batch_size))
+        nll_parts, mask_parts = [], []
+        for i in range(0, rows.shape[0], size):
+            nll, mask = self.token_nll_fast(
+                rows[i : i + size], None if descs is None else descs[i : i + size]
+            )
+            nll_parts.append(nll.float())
+            mask_parts.append(mask)
+        shape = (B, 1 + P, K, T)
+        return torch.cat(nll_parts).reshape(shape), torch.cat(mask_parts).reshape(shape)
+
     def describe(self) -> dict[str, Any]:
         """A JSON-able description for ``metrics.json``."""
         return {
@@ -166,9 +230,11 @@ def get_backend(name: str, **kwargs: Any) -> ProbeBackend:
     Raises:
         ValueError: if ``name`` is not registered; the message lists the choices.
     """
+    from lightning_noiseprobe._errors import NoiseProbeError
+
     _ensure_builtin_backends()
     if name not in _REGISTRY:
-        raise ValueError(
+        raise NoiseProbeError(
             f"Expected argument `backend` to be one of {sorted(_REGISTRY)} but got {name!r}."
         )
     return _REGISTRY[name](**kwargs)

@@ -1,8 +1,12 @@
 """Scoring a probe set with a backend's language model.
 
-Every clean clip is scored once and every perturbed copy once, in batches of
-sequences of equal length, under a chosen precision. Per-token losses come back
-to float32 before any curve maths (``functional.curves``).
+Every clean clip is scored once and every perturbed copy once, under a chosen
+precision. A perturbed copy equals its clean clip up to its first differing
+frame, so by default (``prefix_sharing=True``, for backends that support it)
+that shared prefix runs once per clip and only the rest of each copy is
+scored; other backends score every sequence in full, in packed batches.
+Results stay on the device until one transfer at the end; per-token losses are
+float32 before any curve maths (``functional.curves``).
 """
 
 from __future__ import annotations
@@ -15,14 +19,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
-from lightning_noiseprobe.functional.curves import analyze_curves, codebook_average
+from lightning_noiseprobe.functional.curves import (
+    analyze_curves,
+    codebook_average,
+    first_differing_token,
+)
 from lightning_noiseprobe.probe.result import ProbeResult
 
 if TYPE_CHECKING:
     from lightning_noiseprobe.backends.base import ProbeBackend
     from lightning_noiseprobe.probe.probeset import ProbeSet
 
-__all__ = ["PRECISIONS", "precision_context", "score_probe_set", "score_sequences"]
+__all__ = [
+    "PRECISIONS",
+    "precision_context",
+    "score_probe_set",
+    "score_sequences",
+    "score_shared_prefix",
+]
 
 #: Accepted ``precision`` values (Lightning's spelling) -> autocast dtype (None = fp32).
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -76,7 +90,9 @@ def score_sequences(
     forward_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
     progress: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token NLL of many sequences, batched.
+    """Per-token NLL of many sequences, batched (``backend.token_nll_fast``).
+
+    No host-device synchronisation inside the loop: one transfer at the end.
 
     Args:
         codes: ``[M, K, T]`` codes.
@@ -96,11 +112,68 @@ def score_sequences(
             batch = codes[sl].to(device, non_blocking=True)
             desc = None if descriptions is None else descriptions[sl]
             with forward_context():
-                nll, mask = backend.token_nll(batch, desc)
+                nll, mask = backend.token_nll_fast(batch, desc)
             nll_out.append(nll.float())
             mask_out.append(mask)
             if progress is not None:
                 progress.update(sl.stop - sl.start)
+    # one device->host copy at the end: no sync inside the loop
+    return torch.cat(nll_out).cpu(), torch.cat(mask_out).cpu()
+
+
+def score_shared_prefix(
+    backend: ProbeBackend,
+    clean: torch.Tensor,
+    perturbed: torch.Tensor,
+    descriptions: list[str | None] | None,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    forward_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+    progress: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL of clean clips and their perturbed copies, sharing each clip's prefix.
+
+    Clips go in groups of ``max(1, batch_size // (1 + P))``, so one group's
+    clean prefixes fill a forward pass and the continuations run in passes of
+    at most ``batch_size`` rows: memory follows ``batch_size``, not the number
+    of clips. Each group shares the frames before its earliest differing frame
+    (computed here on the CPU copies, so nothing waits on the device).
+
+    Args:
+        clean: ``[N, K, T]`` codes.
+        perturbed: ``[N, P, K, T]`` codes, equal to ``clean`` before their first difference.
+        descriptions: one per clip, or ``None``.
+
+    Returns:
+        ``(nll, mask)``, both ``[N, 1 + P, K, T]`` on CPU (index 0 along dim 1: clean).
+    """
+    if batch_size <= 0:
+        raise NoiseProbeError(
+            f"Expected argument `batch_size` to be positive but got {batch_size}."
+        )
+    N, P, _K, T = perturbed.shape
+    clean_cpu, perturbed_cpu = clean.cpu(), perturbed.cpu()
+    starts = first_differing_token(clean_cpu[:, None].expand_as(perturbed_cpu), perturbed_cpu)
+    shared = starts.amin(-1).tolist() if P else [T] * N  # [N] python ints, before the loop
+    group = max(1, batch_size // (1 + P))
+    nll_out: list[torch.Tensor] = []
+    mask_out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for sl in _batches(N, group):
+            desc = None if descriptions is None else descriptions[sl]
+            with forward_context():
+                nll, mask = backend.token_nll_shared_prefix(
+                    clean[sl].to(device, non_blocking=True),
+                    perturbed[sl].to(device, non_blocking=True),
+                    desc,
+                    shared_frames=int(min(shared[sl])),
+                    batch_size=batch_size,
+                )
+            nll_out.append(nll.float())
+            mask_out.append(mask)
+            if progress is not None:
+                progress.update((sl.stop - sl.start) * (1 + P))
     # one device->host copy at the end: no sync inside the loop
     return torch.cat(nll_out).cpu(), torch.cat(mask_out).cpu()
 
@@ -115,6 +188,7 @@ def score_probe_set(
     forward_context: Callable[[], ContextManager[Any]] | None = None,
     progress: bool = False,
     model_name: str | None = None,
+    prefix_sharing: bool = False,
 ) -> ProbeResult:
     """Score a probe set and analyse every clean / perturbed pair.
 
@@ -131,6 +205,13 @@ def score_probe_set(
             callback passes ``trainer.precision_plugin.forward_context``).
         progress: show a progress bar.
         model_name: recorded in the result.
+        prefix_sharing: run each clip's prefix once for the clip and all its
+            perturbed copies (same values as full scoring up to float
+            rounding). Off by default: on CPU its chunked continuation uses
+            audiocraft's einsum attention, measured slower than full scoring
+            with SDPA (see ``benchmarks/README.md``). Backends without
+            :attr:`~lightning_noiseprobe.backends.base.ProbeBackend.supports_prefix_sharing`
+            score every sequence in full.
 
     Returns:
         :class:`~lightning_noiseprobe.probe.result.ProbeResult`.
@@ -139,27 +220,41 @@ def score_probe_set(
         device = next(backend.lm.parameters()).device
     ctx = forward_context or precision_context(precision, device)
     N, P, K, T = probe_set.perturbed_codes.shape
-    codes = torch.cat([probe_set.clean_codes, probe_set.perturbed_codes.reshape(N * P, K, T)])
     descs = [c.description for c in probe_set.clips]
-    descriptions: list[str | None] | None = None
-    if any(d is not None for d in descs):
-        descriptions = descs + [d for d in descs for _ in range(P)]
-    # equal-length batches: sort sequences by clip length so padding rarely mixes
+    has_text = any(d is not None for d in descs)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=codes.shape[0], desc="scoring probe set", unit="seq")
+        bar = tqdm(total=N * (1 + P), desc="scoring probe set", unit="seq")
     try:
-        nll, mask = score_sequences(
-            backend,
-            codes,
-            descriptions,
-            batch_size=batch_size,
-            device=device,
-            forward_context=ctx,
-            progress=bar,
-        )
+        if prefix_sharing and backend.supports_prefix_sharing:
+            nll_rows, mask_rows = score_shared_prefix(
+                backend,
+                probe_set.clean_codes,
+                probe_set.perturbed_codes,
+                descs if has_text else None,
+                batch_size=batch_size,
+                device=device,
+                forward_context=ctx,
+                progress=bar,
+            )
+            nll = torch.cat([nll_rows[:, 0], nll_rows[:, 1:].reshape(N * P, K, T)])
+            mask = torch.cat([mask_rows[:, 0], mask_rows[:, 1:].reshape(N * P, K, T)])
+        else:
+            codes = torch.cat(
+                [probe_set.clean_codes, probe_set.perturbed_codes.reshape(N * P, K, T)]
+            )
+            descriptions = descs + [d for d in descs for _ in range(P)] if has_text else None
+            nll, mask = score_sequences(
+                backend,
+                codes,
+                descriptions,
+                batch_size=batch_size,
+                device=device,
+                forward_context=ctx,
+                progress=bar,
+            )
     finally:
         if bar is not None:
             bar.close()
