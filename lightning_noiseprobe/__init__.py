@@ -32,7 +32,23 @@ _EXPORTS = {
     "NoiseProbeError": "lightning_noiseprobe._errors",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "AudioFolderDataModule",
+    "ChoraleDataModule",
+    "MusicGenLightningModule",
+    "NoiseProbeCallback",
+    "NoiseProbeError",
+    "ProbeResult",
+    "ProbeSpec",
+    "__version__",
+    "analyze_curves",
+    "available_backends",
+    "build_probe_set",
+    "get_backend",
+    "inject_noise",
+    "score_probe_set",
+    "shuffle_segments",
+]
 
 if TYPE_CHECKING:
     from lightning_noiseprobe._errors import NoiseProbeError

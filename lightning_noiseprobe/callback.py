@@ -257,7 +257,7 @@ class NoiseProbeCallback(Callback):
 
     # ------------------------------------------------------------------ hook
     def _should_probe(self, trainer: pl.Trainer) -> bool:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
             return False
         fn = getattr(trainer.state.fn, "value", trainer.state.fn)
         if fn == "validate":

@@ -480,9 +480,21 @@ def _add_demo_parser(sub: Any) -> None:
         " NoiseProbeCallback, write TensorBoard logs, export the model and print the metrics per epoch.",
     )
     p.add_argument("--workdir", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=_positive_int("--epochs"), default=8, help="training epochs (default 8)")
-    p.add_argument("--clips", type=_positive_int("--clips"), default=24, help="chorale clips to render (default 24)")
-    p.add_argument("--probe-clips", type=_positive_int("--probe-clips"), default=4, help="held-out probe clips (default 4)")
+    p.add_argument(
+        "--epochs", type=_positive_int("--epochs"), default=8, help="training epochs (default 8)"
+    )
+    p.add_argument(
+        "--clips",
+        type=_positive_int("--clips"),
+        default=24,
+        help="chorale clips to render (default 24)",
+    )
+    p.add_argument(
+        "--probe-clips",
+        type=_positive_int("--probe-clips"),
+        default=4,
+        help="held-out probe clips (default 4)",
+    )
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=4)
     p.add_argument("--lr", type=_finite_float("--lr"), default=3e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -515,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _LIGHTNING_COMMANDS:
-        sub.add_parser(name, help=f"LightningCLI {name} (see `noiseprobe {name} --help`)", add_help=False)
+        sub.add_parser(
+            name, help=f"LightningCLI {name} (see `noiseprobe {name} --help`)", add_help=False
+        )
     _add_demo_parser(sub)
 
     p = sub.add_parser(

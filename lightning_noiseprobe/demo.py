@@ -49,7 +49,10 @@ class EpochTable(Callback):
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        row: dict[str, float] = {"epoch": float(trainer.current_epoch), "train_seconds": self._train_seconds}
+        row: dict[str, float] = {
+            "epoch": float(trainer.current_epoch),
+            "train_seconds": self._train_seconds,
+        }
         for key, _ in TABLE_COLUMNS:
             if key in metrics:
                 row[key] = float(metrics[key])
@@ -105,7 +108,10 @@ def run_demo(
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    print(f"noiseprobe demo: rendering {num_clips} Bach chorales into {work / 'chorales'} ...", flush=True)
+    print(
+        f"noiseprobe demo: rendering {num_clips} Bach chorales into {work / 'chorales'} ...",
+        flush=True,
+    )
     pl.seed_everything(seed, workers=True, verbose=False)
     data = ChoraleDataModule(
         root=str(work / "chorales"),
@@ -118,7 +124,9 @@ def run_demo(
         seed=seed,
     )
     data.prepare_data()
-    model = MusicGenLightningModule(model="tiny", seed=seed, lr=lr, warmup_steps=10, cfg_dropout=0.3)
+    model = MusicGenLightningModule(
+        model="tiny", seed=seed, lr=lr, warmup_steps=10, cfg_dropout=0.3
+    )
     probe = NoiseProbeCallback(
         cache_dir=str(work / "token_cache"),
         batch_size=8,
@@ -153,13 +161,24 @@ def run_demo(
     elapsed = time.perf_counter() - started
 
     print()
-    print(f"noiseprobe demo: {epochs} epochs in {elapsed:.0f} s; probe set of {len(data.probe_files())} held-out chorales x"
-          f" {len(probe.spec.perturbations())} white-noise injections (onset {probe.spec.onset}, lengths {list(probe.spec.lengths)})")
+    print(
+        f"noiseprobe demo: {epochs} epochs in {elapsed:.0f} s; probe set of {len(data.probe_files())} held-out chorales x"
+        f" {len(probe.spec.perturbations())} white-noise injections (onset {probe.spec.onset}, lengths {list(probe.spec.lengths)})"
+    )
     print(table.format())
     if probe.history:
         best = max(probe.history, key=lambda h: h.get("peak_sharpness", float("-inf")))
-        print(f"\nsharpest Peak at epoch {best['epoch']} (peak_sharpness {best['peak_sharpness']:.3f}); "
-              f"best checkpoint: {checkpoint.best_model_path}")
-    print(f"exported model (audiocraft format): {export_dir}  -> MusicGen.get_pretrained('{export_dir}')")
+        print(
+            f"\nsharpest Peak at epoch {best['epoch']} (peak_sharpness {best['peak_sharpness']:.3f}); "
+            f"best checkpoint: {checkpoint.best_model_path}"
+        )
+    print(
+        f"exported model (audiocraft format): {export_dir}  -> MusicGen.get_pretrained('{export_dir}')"
+    )
     print(f"look at it:  tensorboard --logdir {logger.log_dir}")
-    return {"rows": table.rows, "export": str(export_dir), "log_dir": logger.log_dir, "history": probe.history}
+    return {
+        "rows": table.rows,
+        "export": str(export_dir),
+        "log_dir": logger.log_dir,
+        "history": probe.history,
+    }

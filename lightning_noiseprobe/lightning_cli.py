@@ -23,7 +23,10 @@ def run_lightning_cli(args: Sequence[str]) -> Any:
     # Imported so that jsonargparse can resolve short class names
     # (`--trainer.callbacks+=NoiseProbeCallback`, `--data ChoraleDataModule`).
     from lightning_noiseprobe.callback import NoiseProbeCallback  # noqa: F401
-    from lightning_noiseprobe.data.datamodule import AudioFolderDataModule, ChoraleDataModule  # noqa: F401
+    from lightning_noiseprobe.data.datamodule import (  # noqa: F401
+        AudioFolderDataModule,
+        ChoraleDataModule,
+    )
     from lightning_noiseprobe.module import MusicGenLightningModule
 
     return LightningCLI(

@@ -171,7 +171,9 @@ def delta_curve(result: ProbeResult, max_lines: int = 6) -> Figure:
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xlabel("token")
     ax.set_ylabel("Δ loss")
-    ax.set_title("Token-wise loss difference, mean over clips (bold: 5-token moving average)", fontsize=10)
+    ax.set_title(
+        "Token-wise loss difference, mean over clips (bold: 5-token moving average)", fontsize=10
+    )
     ax.legend(fontsize=7, ncol=2)
     return fig
 

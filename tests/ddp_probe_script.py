@@ -18,9 +18,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lightning_helpers import ProtocolModule  # noqa: E402
+from lightning_helpers import ProtocolModule
 
-from lightning_noiseprobe.callback import NoiseProbeCallback  # noqa: E402
+from lightning_noiseprobe.callback import NoiseProbeCallback
 
 
 class Seen(Callback):
@@ -38,14 +38,27 @@ def main() -> None:
     probe_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     warnings.filterwarnings("ignore")
     pl.seed_everything(0)
-    probe = NoiseProbeCallback(probe_audio=probe_dir, onset=60, lengths=(5, 20, 60), clip_seconds=4.0,
-                               batch_size=4, cache_dir="none")
+    probe = NoiseProbeCallback(
+        probe_audio=probe_dir,
+        onset=60,
+        lengths=(5, 20, 60),
+        clip_seconds=4.0,
+        batch_size=4,
+        cache_dir="none",
+    )
     seen = Seen()
     early = EarlyStopping(monitor="noiseprobe/peak_sharpness", mode="max", patience=5)
     trainer = pl.Trainer(
-        strategy="ddp", devices=2, accelerator="cpu", max_epochs=2, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[probe, early, seen], num_sanity_val_steps=0,
+        strategy="ddp",
+        devices=2,
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[probe, early, seen],
+        num_sanity_val_steps=0,
     )
     model = ProtocolModule()
     trainer.fit(model)

@@ -7,7 +7,12 @@ import torch
 from audio_fixtures import write_audio
 
 from lightning_noiseprobe._errors import NoiseProbeError
-from lightning_noiseprobe.probe import ProbeSpec, build_probe_set, precision_context, score_probe_set
+from lightning_noiseprobe.probe import (
+    ProbeSpec,
+    build_probe_set,
+    precision_context,
+    score_probe_set,
+)
 
 SPEC = ProbeSpec(onset=60, lengths=(5, 20, 60), clip_seconds=4.0)
 
@@ -35,7 +40,9 @@ def test_bf16_metrics_close_to_fp32(tiny_backend, probe_set):
     assert 0 < float(diff.max()) < 0.1  # bf16 really ran, and stayed close
     for name, bound in BOUNDS.items():
         moved = abs(bf16.summary[name] - fp32.summary[name])
-        print(f"{name}: fp32 {fp32.summary[name]:.5f} bf16 {bf16.summary[name]:.5f} |diff| {moved:.5f}")
+        print(
+            f"{name}: fp32 {fp32.summary[name]:.5f} bf16 {bf16.summary[name]:.5f} |diff| {moved:.5f}"
+        )
         assert moved < bound, name
 
 

@@ -220,7 +220,11 @@ class EpochSampler(DistributedSampler):
         world = dist.get_world_size() if distributed else 1
         rank = dist.get_rank() if distributed else 0
         super().__init__(
-            range(num_items), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed
+            range(num_items),  # type: ignore[arg-type]  # only len() is used
+            num_replicas=world,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
         )
         self.num_items = num_items
 
@@ -483,24 +487,26 @@ class AudioFolderDataModule(pl.LightningDataModule):
                 f"Expected argument `manifest` to be an existing JSONL file but got {manifest!r}. "
                 "Check the path, or pass None to read descriptions from .json sidecars."
             )
-        for name, value in (
+        positive: tuple[tuple[str, int], ...] = (
             ("sample_rate", sample_rate),
             ("channels", channels),
             ("batch_size", batch_size),
             ("val_segments_per_file", val_segments_per_file),
-        ):
-            if not _is_int(value) or value <= 0:
+        )
+        for arg, number in positive:
+            if not _is_int(number) or number <= 0:
                 raise NoiseProbeError(
-                    f"Expected argument `{name}` to be a positive integer but got {value!r}."
+                    f"Expected argument `{arg}` to be a positive integer but got {number!r}."
                 )
-        for name, value in (
+        non_negative: tuple[tuple[str, int], ...] = (
             ("num_workers", num_workers),
             ("seed", seed),
             ("cache_size", cache_size),
-        ):
-            if not _is_int(value) or value < 0:
+        )
+        for arg, number in non_negative:
+            if not _is_int(number) or number < 0:
                 raise NoiseProbeError(
-                    f"Expected argument `{name}` to be an integer >= 0 but got {value!r}."
+                    f"Expected argument `{arg}` to be an integer >= 0 but got {number!r}."
                 )
         if (
             not _is_number(segment_seconds)

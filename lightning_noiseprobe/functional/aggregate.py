@@ -112,12 +112,12 @@ def length_correlation(lengths: torch.Tensor, delta_loss: torch.Tensor) -> dict[
             f"Expected `lengths` and `delta_loss` of the same size but got {x.numel()} and {y.numel()}."
         )
     keep = torch.isfinite(x) & torch.isfinite(y)
-    x, y = x[keep].numpy(), y[keep].numpy()
-    if len(x) < 3 or len(set(x.tolist())) < 2 or float(y.std()) == 0.0:
+    xs, ys = x[keep].numpy(), y[keep].numpy()
+    if len(xs) < 3 or len(set(xs.tolist())) < 2 or float(ys.std()) == 0.0:
         return None
-    pearson = stats.pearsonr(x, y)
-    spearman = stats.spearmanr(x, y)
-    slope = stats.linregress(x, y).slope
+    pearson = stats.pearsonr(xs, ys)
+    spearman = stats.spearmanr(xs, ys)
+    slope = stats.linregress(xs, ys).slope
     return {
         "length_pearson": float(pearson[0]),
         "length_pearson_p": float(pearson[1]),

@@ -170,7 +170,7 @@ class ProbeResult:
         atomic_write_json(out / "metrics.json", self.to_json())
         written.append(out / "metrics.json")
         with atomic_path(out / "curves.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(
+            np.savez_compressed(  # type: ignore[arg-type]
                 fh,
                 clips=np.array(self.clip_names),
                 perturbations=np.array([p.key for p in self.perturbations]),
