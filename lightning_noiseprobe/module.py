@@ -1,10 +1,12 @@
 """A LightningModule that fine-tunes MusicGen's language model, probe-ready.
 
-:class:`MusicGenLightningModule` trains the LM of a backend (audiocraft) with
-audiocraft's MusicGen training loss (per-codebook cross-entropy, then the mean
-over codebooks) on audio tokenized by the frozen codec, and exposes the
-backend as :attr:`~MusicGenLightningModule.probe_backend` so that the
-noise-probe callback measures exactly the model being trained.
+:class:`MusicGenLightningModule` trains the LM of a backend (``"audiocraft"``
+or ``"transformers"``) with audiocraft's MusicGen training loss (per-codebook
+cross-entropy, then the mean over codebooks) on audio tokenized by the frozen
+codec, exposes the backend as
+:attr:`~MusicGenLightningModule.probe_backend` so that the noise-probe
+callback measures exactly the model being trained, and exports the result in
+the backend's native format.
 
 Determinism: after construction the module draws no number from torch's
 global RNGs. Classifier-free-guidance dropout uses the module's own
@@ -29,11 +31,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.backends.audiocraft import AudiocraftBackend
 from lightning_noiseprobe.backends.base import get_backend
+from lightning_noiseprobe.backends.transformers import TransformersBackend
 from lightning_noiseprobe.functional.losses import codebook_cross_entropy, token_nll_from_logits
 
 if TYPE_CHECKING:
-    from lightning_noiseprobe.backends.audiocraft import AudiocraftBackend
+    from lightning_noiseprobe.backends.base import ProbeBackend
 
 __all__ = ["MusicGenLightningModule", "warmup_cosine_factor"]
 
@@ -72,14 +76,23 @@ def warmup_cosine_factor(
 
 
 class MusicGenLightningModule(pl.LightningModule):
-    """Fine-tune MusicGen's LM with audiocraft's training loss.
+    """Fine-tune MusicGen's LM with audiocraft's training loss, on either backend.
 
-    The backend is built (``"tiny"``, in well under a second) or loaded from
-    disk in ``__init__``. Its LM becomes the registered submodule ``lm`` (the
-    only part that trains, kept in float32: mixed precision comes from the
-    Trainer) and its codec the submodule ``codec``, frozen: ``requires_grad``
-    off, always in eval mode (its quantizer would otherwise update its
-    codebooks), outside the optimizer. Both travel in Lightning checkpoints.
+    The backend is built (``"tiny"``, in about a second) or loaded from disk
+    in ``__init__``. Its LM becomes the registered submodule ``lm`` (kept in
+    float32: mixed precision comes from the Trainer) and its codec the
+    submodule ``codec``, frozen: ``requires_grad`` off, always in eval mode
+    (its quantizer would otherwise update its codebooks), outside the
+    optimizer. Both travel in Lightning checkpoints.
+
+    * ``backend="audiocraft"``: ``lm`` is audiocraft's ``LMModel`` (with its
+      condition provider; the T5 encoder lives outside the module tree) and
+      trains whole.
+    * ``backend="transformers"``: ``lm`` is the whole
+      ``MusicgenForConditionalGeneration``; its ``decoder`` and
+      ``enc_to_dec_proj`` train, its T5 ``text_encoder`` and its EnCodec
+      (``lm.audio_encoder``, the same object as ``codec``) are frozen and
+      kept in eval mode and float32.
 
     Batches are dicts with ``"wav"`` (``[B, C, S]`` float audio at the
     model's rate and channels) or ``"codes"`` (``[B, K, T]`` long; then no
@@ -89,10 +102,11 @@ class MusicGenLightningModule(pl.LightningModule):
     ``val/ce``, ``val/ppl`` and ``val/ce_q{k}`` per codebook (epoch).
 
     Args:
-        backend: registry name of the backend (see ``available_backends()``);
-            it must offer ``lm_logits`` and ``musicgen`` (audiocraft does).
-        model: ``"tiny"``, a local audiocraft export folder, or a hub id.
-        tiny_config: size overrides of the tiny model (keys of
+        backend: ``"audiocraft"`` or ``"transformers"`` (the registered
+            backends that can be fine-tuned).
+        model: ``"tiny"``, a local folder in the backend's format (an
+            audiocraft export; a ``save_pretrained`` folder), or a hub id.
+        tiny_config: size overrides of the tiny model (keys of the backend's
             ``TINY_DEFAULTS``).
         seed: weight seed of the tiny model, also the seed of the
             classifier-free-guidance dropout generator.
@@ -108,10 +122,15 @@ class MusicGenLightningModule(pl.LightningModule):
             descriptions (classifier-free guidance, audiocraft's 0.3 for
             text-to-music); never applied outside training.
         gradient_checkpointing: recompute each transformer layer in the
-            backward pass (audiocraft's ``checkpointing="torch"``): less
-            memory, same numbers.
-        freeze: name prefixes of LM parameters to freeze, e.g.
-            ``["emb", "transformer.layers.0"]`` (``None``: train everything).
+            backward pass (audiocraft's ``checkpointing="torch"``,
+            transformers' non-reentrant ``gradient_checkpointing_enable``):
+            less memory, same numbers.
+        freeze: name prefixes of trainable LM parameters to freeze
+            (``None``: train everything). audiocraft: names in ``lm``, e.g.
+            ``["emb", "transformer.layers.0"]``. transformers: names in
+            ``lm.decoder`` (a ``MusicgenForCausalLM``), e.g.
+            ``["model.decoder.embed_tokens", "model.decoder.layers.0",
+            "lm_heads"]``, plus ``"enc_to_dec_proj"`` for the text projection.
 
     Raises:
         NoiseProbeError: on an invalid argument, an unknown freeze prefix, or
@@ -161,26 +180,25 @@ class MusicGenLightningModule(pl.LightningModule):
             seed=seed,
             tiny_config=tiny_config,
         ).load()
-        missing = [a for a in ("lm_logits", "musicgen") if not hasattr(probe_backend, a)]
-        if missing:
+        if not isinstance(probe_backend, (AudiocraftBackend, TransformersBackend)):
             raise NoiseProbeError(
                 f"Expected argument `backend` to name a backend that can be fine-tuned "
-                f"(with {missing}) but {backend!r} has none; use 'audiocraft'."
+                f"('audiocraft' or 'transformers') but got {backend!r} "
+                f"({type(probe_backend).__name__})."
             )
-        self._backend: AudiocraftBackend = probe_backend  # type: ignore[assignment]
+        self._backend: Any = probe_backend  # `lm_logits` is not part of `ProbeBackend`
         # Same objects as the backend's: the probe measures the model being trained.
         self.lm = probe_backend.lm.float()
         self.codec = probe_backend.codec
         self.codec.requires_grad_(False)
+        # Submodules kept frozen, in eval mode and in float32 whatever the module does.
+        self._frozen_parts: tuple[str, ...] = ("codec",)
+        if isinstance(probe_backend, TransformersBackend):
+            self._frozen_parts += ("lm.text_encoder",)
+            self.lm.text_encoder.requires_grad_(False)
 
         if gradient_checkpointing:
-            transformer = getattr(self.lm, "transformer", None)
-            if transformer is None or not hasattr(transformer, "checkpointing"):
-                raise NoiseProbeError(
-                    "Expected the LM to have audiocraft's `transformer.checkpointing` option "
-                    f"for `gradient_checkpointing=True` but {type(self.lm).__name__} has none."
-                )
-            transformer.checkpointing = "torch"  # read at every forward (`_apply_layer`)
+            self._enable_gradient_checkpointing()
 
         self._freeze(list(freeze or []))
         self._cfg_rng = torch.Generator().manual_seed(seed)
@@ -188,43 +206,79 @@ class MusicGenLightningModule(pl.LightningModule):
         self.train()  # the LM trains, the codec stays in eval (see `train`)
 
     # -- construction helpers -------------------------------------------------
+    def _enable_gradient_checkpointing(self) -> None:
+        if isinstance(self._backend, TransformersBackend):
+            decoder: Any = self.lm.decoder
+            # Non-reentrant: no inputs needing grad required, same numbers as without.
+            decoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            return
+        transformer = getattr(self.lm, "transformer", None)
+        if transformer is None or not hasattr(transformer, "checkpointing"):
+            raise NoiseProbeError(
+                "Expected the LM to have audiocraft's `transformer.checkpointing` option "
+                f"for `gradient_checkpointing=True` but {type(self.lm).__name__} has none."
+            )
+        transformer.checkpointing = "torch"  # read at every forward (`_apply_layer`)
+
+    def _freezable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters that ``freeze`` names, by the names it uses.
+
+        audiocraft: all of ``lm``. transformers: ``lm.decoder``'s names, plus
+        ``enc_to_dec_proj.*`` (the frozen T5 and codec are not named).
+        """
+        if isinstance(self._backend, TransformersBackend):
+            lm: Any = self.lm  # a MusicgenForConditionalGeneration
+            params = dict(lm.decoder.named_parameters())
+            for name, param in lm.enc_to_dec_proj.named_parameters():
+                params[f"enc_to_dec_proj.{name}"] = param
+            return params
+        return dict(self.lm.named_parameters())
+
     def _freeze(self, prefixes: list[str]) -> None:
-        names = [name for name, _ in self.lm.named_parameters()]
+        params = self._freezable_parameters()
         unknown = []
         for prefix in prefixes:
             p = prefix.rstrip(".")
-            hits = [n for n in names if n == p or n.startswith(p + ".")]
+            hits = [n for n in params if n == p or n.startswith(p + ".")]
             if not p or not hits:
                 unknown.append(prefix)
         if unknown:
-            top = sorted({n.split(".")[0] for n in names})
+            top = sorted({n.split(".")[0] for n in params})
+            example = (
+                "'model.decoder.layers.0'"
+                if isinstance(self._backend, TransformersBackend)
+                else "'transformer.layers.0'"
+            )
             raise NoiseProbeError(
                 f"Expected argument `freeze` to hold name prefixes of LM parameters (top-level "
-                f"names: {top}; deeper ones like 'transformer.layers.0') but got unknown "
-                f"{unknown}."
+                f"names: {top}; deeper ones like {example}) but got unknown {unknown}."
             )
-        for name, param in self.lm.named_parameters():
+        for name, param in params.items():
             if any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in prefixes):
                 param.requires_grad_(False)
 
     # -- the probe protocol ---------------------------------------------------
     @property
-    def probe_backend(self) -> AudiocraftBackend:
+    def probe_backend(self) -> ProbeBackend:
         """The backend whose ``.lm`` is :attr:`lm` (same object), on this module's device.
 
         ``encode``, ``lm_logits`` and ``token_nll`` run on the device the
         module was moved to. The backend's ``device`` follows the LM's
-        weights; what audiocraft caches beside them (``MusicGen.device`` and
-        its autocast, the conditioners' ``device``, a frozen T5 kept outside
-        the module tree) is moved on every move of the module and checked here.
+        weights. transformers keeps nothing beside them (its T5 and codec are
+        inside ``lm``); what audiocraft caches beside them (``MusicGen.device``
+        and its autocast, the conditioners' ``device``, a frozen T5 kept
+        outside the module tree) is moved on every move of the module and
+        checked here.
         """
         self._sync_backend_device()
-        return self._backend
+        return self._backend  # type: ignore[no-any-return]
 
     def _sync_backend_device(self) -> None:
         backend = self.__dict__.get("_backend")
-        if backend is None:
-            return
+        if not isinstance(backend, AudiocraftBackend):
+            return  # nothing loaded yet, or a backend whose device follows `lm` by itself
         device = next(self.lm.parameters()).device
         if self.__dict__.get("_backend_device") != device:
             _move_backend(backend, device)
@@ -234,25 +288,31 @@ class MusicGenLightningModule(pl.LightningModule):
     def _apply(self, fn: Any, recurse: bool = True) -> MusicGenLightningModule:
         # Every device/dtype move (`.to`, `.cuda`, the strategy's `model_to_device`)
         # lands here; keep the backend's cached device and the conditioners' models
-        # that live outside the module tree (T5, demucs) in step, and the codec in float32.
+        # that live outside the module tree (T5, demucs) in step, and the frozen parts
+        # (codec; transformers' T5) in float32.
         super()._apply(fn, recurse)
         if "_backend" in self.__dict__:
-            if any(p.dtype != torch.float32 for p in self.codec.parameters()):
-                self.codec.float()
+            for part in self._frozen_modules():
+                if any(p.dtype != torch.float32 for p in part.parameters()):
+                    part.float()
             self._sync_backend_device()
         return self
 
+    def _frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.get_submodule(name) for name in self.__dict__.get("_frozen_parts", ())]
+
     @override
     def train(self, mode: bool = True) -> MusicGenLightningModule:
-        """Set the LM's mode; the frozen codec always stays in eval mode."""
+        """Set the LM's mode; the frozen parts (codec; transformers' T5) stay in eval mode."""
         super().train(mode)
-        if "_modules" in self.__dict__ and "codec" in self._modules:
-            self.codec.eval()
+        for part in self._frozen_modules():
+            part.eval()
         return self
 
     @override
     def on_train_epoch_start(self) -> None:
-        self.codec.eval()
+        for part in self._frozen_modules():
+            part.eval()
 
     # -- steps ----------------------------------------------------------------
     def batch_codes(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -286,7 +346,8 @@ class MusicGenLightningModule(pl.LightningModule):
             ``(ce, ce_per_codebook)``: a scalar and a ``[K]`` tensor, float32,
             differentiable.
         """
-        logits, mask = self.probe_backend.lm_logits(codes, descriptions)
+        self._sync_backend_device()
+        logits, mask = self._backend.lm_logits(codes, descriptions)
         nll, mask = token_nll_from_logits(logits, codes, mask)
         return codebook_cross_entropy(nll, mask)
 
@@ -338,9 +399,10 @@ class MusicGenLightningModule(pl.LightningModule):
             for m in self.lm.modules()
             if isinstance(m, torch.nn.Embedding) and m.weight is not None
         }
+        frozen_ids = {id(p) for part in self._frozen_modules() for p in part.parameters()}
         decay, no_decay = [], []
         for param in self.lm.parameters():
-            if not param.requires_grad:
+            if not param.requires_grad or id(param) in frozen_ids:
                 continue
             if param.ndim < 2 or id(param) in no_decay_ids:
                 no_decay.append(param)
@@ -399,24 +461,40 @@ class MusicGenLightningModule(pl.LightningModule):
 
     # -- export -----------------------------------------------------------------
     def export(self, folder: str | os.PathLike[str]) -> Path:
-        """Write the fine-tuned model in audiocraft's export format.
+        """Write the fine-tuned model in the backend's native format.
 
-        ``audiocraft.models.MusicGen.get_pretrained(folder)`` and
-        ``AudiocraftBackend(model=folder)`` load the result. A new folder is
-        written beside its final place and renamed into it; files in an
-        existing folder are each replaced atomically. Call it on one process
-        only (e.g. under ``trainer.is_global_zero``).
+        ``get_backend(backend, model=folder)`` loads the result, with the same
+        per-token NLL. Call it on one process only (e.g. under
+        ``trainer.is_global_zero``).
+
+        * audiocraft: audiocraft's export format (``state_dict.bin``,
+          ``compression_state_dict.bin``), which
+          ``audiocraft.models.MusicGen.get_pretrained(folder)`` also loads. A
+          new folder is written beside its final place and renamed into it;
+          files in an existing folder are each replaced atomically.
+        * transformers: ``save_pretrained`` (model and tokenizer) through
+          :meth:`TransformersBackend.save
+          <lightning_noiseprobe.backends.transformers.TransformersBackend.save>`,
+          which ``MusicgenForConditionalGeneration.from_pretrained(folder)``
+          also loads; written beside ``folder`` and renamed into place (an
+          earlier save there is replaced).
 
         Args:
             folder: the output folder.
 
         Returns:
             The folder, as a :class:`~pathlib.Path`.
+
+        Raises:
+            NoiseProbeError: (transformers) if ``folder`` exists and holds
+                something other than an earlier save.
         """
         from lightning_noiseprobe.backends.audiocraft import save_audiocraft_export
 
         folder = Path(folder)
         backend = self._backend
+        if isinstance(backend, TransformersBackend):
+            return backend.save(folder)
         codec_file = getattr(backend, "codec_source", None)
         if folder.is_dir():
             return save_audiocraft_export(backend.musicgen, folder, codec_file=codec_file)
