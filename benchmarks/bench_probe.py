@@ -253,8 +253,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     rows: list[tuple[str, str]] = []
 
+    probe_sets: dict[tuple[str, ...], Any] = {}
+
     def probe(paths: list[Path], prefix_sharing: bool = False) -> Any:
-        ps = build_probe_set(backend, paths, spec)  # memory cache hit after the first call
+        # As in NoiseProbeCallback: the tokenized probe set is built once and kept,
+        # so each probe costs only the LM forwards and the curve analysis.
+        key = tuple(map(str, paths))
+        if key not in probe_sets:
+            probe_sets[key] = build_probe_set(backend, paths, spec)
+        ps = probe_sets[key]
         return score_probe_set(
             backend,
             ps,

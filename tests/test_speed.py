@@ -269,3 +269,22 @@ def test_unsupported_lm_falls_back_to_full_scoring(tiny_backend, probe_set, monk
     assert sum(calls) == 1 + ps.perturbed_codes.shape[1] + 1
     ref, _ = _full_reference(tiny_backend, ps)
     torch.testing.assert_close(nll, ref[:1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["plain", "text"])
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_default_scoring_skips_prefix_heads_exactly(
+    tiny_backend, probe_set, text_probe_set, which, batch_size
+):
+    """The default path copies the clean NLL into the perturbed prefixes: still equal to full scoring."""
+    ps = probe_set if which == "plain" else text_probe_set
+    ref, ref_mask = _full_reference(tiny_backend, ps)
+    result = score_probe_set(tiny_backend, ps, batch_size=batch_size)
+    N, P, K, T = ps.perturbed_codes.shape
+    got = result.perturbed_per_codebook
+    torch.testing.assert_close(
+        got * ref_mask[:, 1:], ref[:, 1:] * ref_mask[:, 1:], atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        result.clean_per_codebook * ref_mask[:, 0], ref[:, 0] * ref_mask[:, 0], atol=1e-4, rtol=0
+    )

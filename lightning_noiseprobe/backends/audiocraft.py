@@ -854,8 +854,12 @@ class AudiocraftBackend(ProbeBackend):
         condition_tensors: Any,
         delays: list[int],
         start: int,
+        first_frame: int = 0,
     ) -> torch.Tensor:
         """Per-token NLL from the LM run on delayed positions ``[start, start + L)``.
+
+        Frames before ``first_frame`` are not scored (their output heads and
+        cross-entropy, most of a small model's cost, are skipped; they hold 0).
 
         ``sequence`` ``[B, K, L]`` is that slice of the delayed input (under
         ``lm.streaming()`` the positions before ``start`` come from the
@@ -874,7 +878,10 @@ class AudiocraftBackend(ProbeBackend):
             out = lm.out_norm(out)
         nll = torch.zeros(B, K, T, device=out.device, dtype=torch.float32)
         for k, d in enumerate(delays):
-            lo, hi = max(start, d), min(start + L, T)  # delayed positions scoring a frame
+            lo, hi = (
+                max(start, d, first_frame + d),
+                min(start + L, T),
+            )  # delayed positions scoring a frame
             if lo >= hi:
                 continue
             logits = lm.linears[k](out[:, lo - start : hi - start]).float()  # [B, n, card]
@@ -896,6 +903,7 @@ class AudiocraftBackend(ProbeBackend):
         self,
         codes: torch.Tensor,
         descriptions: Sequence[str | None] | None = None,
+        score_from: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`token_nll` without audiocraft's logits bookkeeping, for scoring.
 
@@ -911,6 +919,8 @@ class AudiocraftBackend(ProbeBackend):
         Args:
             codes: ``[B, K, T]`` long codes.
             descriptions: one text per item (``None`` = unconditional), or ``None``.
+            score_from: frames before it need no score (the caller knows them); they
+                may hold anything. Skips their output heads and cross-entropy.
 
         Returns:
             ``(nll, mask)``, both ``[B, K, T]``; ``nll`` float32 (0 where invalid).
@@ -925,7 +935,9 @@ class AudiocraftBackend(ProbeBackend):
         with _outside_inference_mode():
             condition_tensors = self._condition_tensors(B, descriptions)
             sequence = self._delayed_sequence(codes, delays)
-            nll = self._nll_at_positions(sequence, codes, condition_tensors, delays, 0)
+            nll = self._nll_at_positions(
+                sequence, codes, condition_tensors, delays, 0, first_frame=max(0, int(score_from))
+            )
         return nll, self._delay_mask(B, T, delays)
 
     @property

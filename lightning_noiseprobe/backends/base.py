@@ -124,13 +124,15 @@ class ProbeBackend(ABC):
         self,
         codes: torch.Tensor,
         descriptions: Sequence[str | None] | None = None,
+        score_from: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`token_nll` for scoring under ``torch.no_grad()``: same values and mask.
 
         Backends may override it with a cheaper computation (e.g. one that never
         materialises log-probabilities over the whole vocabulary); the result
-        must equal :meth:`token_nll` up to float rounding. The default calls
-        :meth:`token_nll`.
+        must equal :meth:`token_nll` up to float rounding on frames from
+        ``score_from`` on (earlier frames are known to the caller and may hold
+        anything). The default calls :meth:`token_nll`.
         """
         return self.token_nll(codes, descriptions)
 

@@ -89,6 +89,7 @@ def score_sequences(
     device: torch.device | str = "cpu",
     forward_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
     progress: Any = None,
+    score_from: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL of many sequences, batched (``backend.token_nll_fast``).
 
@@ -97,6 +98,8 @@ def score_sequences(
     Args:
         codes: ``[M, K, T]`` codes.
         descriptions: one per sequence, or ``None``.
+        score_from: per sequence, the first frame that needs a score (the
+            caller fills earlier frames); a batch scores from its smallest value.
 
     Returns:
         ``(nll [M, K, T] float32 on CPU, mask [M, K, T] bool on CPU)``.
@@ -111,8 +114,9 @@ def score_sequences(
         for sl in _batches(codes.shape[0], batch_size):
             batch = codes[sl].to(device, non_blocking=True)
             desc = None if descriptions is None else descriptions[sl]
+            start = 0 if score_from is None else min(score_from[sl])
             with forward_context():
-                nll, mask = backend.token_nll_fast(batch, desc)
+                nll, mask = backend.token_nll_fast(batch, desc, score_from=start)
             nll_out.append(nll.float())
             mask_out.append(mask)
             if progress is not None:
@@ -246,6 +250,16 @@ def score_probe_set(
                 [probe_set.clean_codes, probe_set.perturbed_codes.reshape(N * P, K, T)]
             )
             descriptions = descs + [d for d in descs for _ in range(P)] if has_text else None
+            # A perturbed copy's NLL equals its clean clip's until a few frames before
+            # the first differing frame f: frame t of codebook k sees codes up to
+            # frame t + max delay - 1, and its own target at t. Frames < f - K are
+            # taken from the clean score, so their output heads (most of a small
+            # model's cost) are skipped. Computed on CPU before the loop: no sync.
+            starts = first_differing_token(
+                probe_set.clean_codes[:, None].expand_as(probe_set.perturbed_codes),
+                probe_set.perturbed_codes,
+            )
+            shared = (starts - K).clamp_min(0).reshape(N * P)
             nll, mask = score_sequences(
                 backend,
                 codes,
@@ -254,7 +268,12 @@ def score_probe_set(
                 device=device,
                 forward_context=ctx,
                 progress=bar,
+                score_from=[0] * N + shared.tolist(),
             )
+            pos = torch.arange(T)
+            before = (pos < shared[:, None])[:, None, :]  # [N*P, 1, T]
+            clean_rows = nll[:N].repeat_interleave(P, dim=0)
+            nll[N:] = torch.where(before, clean_rows, nll[N:])
     finally:
         if bar is not None:
             bar.close()
