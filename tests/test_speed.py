@@ -280,7 +280,6 @@ def test_default_scoring_skips_prefix_heads_exactly(
     ps = probe_set if which == "plain" else text_probe_set
     ref, ref_mask = _full_reference(tiny_backend, ps)
     result = score_probe_set(tiny_backend, ps, batch_size=batch_size)
-    N, P, K, T = ps.perturbed_codes.shape
     got = result.perturbed_per_codebook
     torch.testing.assert_close(
         got * ref_mask[:, 1:], ref[:, 1:] * ref_mask[:, 1:], atol=1e-4, rtol=0

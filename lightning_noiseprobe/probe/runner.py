@@ -193,6 +193,7 @@ def score_probe_set(
     progress: bool = False,
     model_name: str | None = None,
     prefix_sharing: bool = False,
+    skip_prefix_heads: bool = True,
 ) -> ProbeResult:
     """Score a probe set and analyse every clean / perturbed pair.
 
@@ -216,6 +217,10 @@ def score_probe_set(
             with SDPA (see ``benchmarks/README.md``). Backends without
             :attr:`~lightning_noiseprobe.backends.base.ProbeBackend.supports_prefix_sharing`
             score every sequence in full.
+        skip_prefix_heads: (default, full-sequence path) take a perturbed copy's
+            per-token NLL before its first differing frame (minus K) from its clean
+            clip instead of evaluating the output heads there; exact. The
+            transformer still runs over the whole sequence.
 
     Returns:
         :class:`~lightning_noiseprobe.probe.result.ProbeResult`.
@@ -260,6 +265,8 @@ def score_probe_set(
                 probe_set.perturbed_codes,
             )
             shared = (starts - K).clamp_min(0).reshape(N * P)
+            if not skip_prefix_heads:
+                shared.zero_()
             nll, mask = score_sequences(
                 backend,
                 codes,
