@@ -339,6 +339,8 @@ class NoiseProbeCallback(Callback):
                     ctx = trainer.precision_plugin.forward_context
                 else:
                     ctx = precision_context(self.precision, device)
+                if trainer.world_size > 1:
+                    return self._score_sharded(trainer, backend, ctx, device)
                 return score_probe_set(
                     backend,
                     self._probe_set,
@@ -349,6 +351,50 @@ class NoiseProbeCallback(Callback):
         finally:
             for module, training in modes.items():
                 module.train(training)
+
+    def _score_sharded(
+        self, trainer: pl.Trainer, backend: ProbeBackend, ctx: Any, device: torch.device
+    ) -> ProbeResult:
+        """Score this rank's share of the clips, gather every rank's per-token NLL, analyse the whole.
+
+        Clip ``j`` goes to rank ``j % W``; every rank scores ``ceil(N / W)`` clips
+        (padded with repeats of clip 0, dropped after the gather), so all ranks run
+        the same number of forward passes and gather tensors of the same shape.
+        A failure on any rank is agreed on first, so no rank waits in a collective
+        that another never reaches; then every rank raises and skips the epoch.
+        """
+        from lightning_noiseprobe.probe.runner import result_from_nll, score_nll
+
+        assert self._probe_set is not None
+        ps = self._probe_set
+        world, rank = trainer.world_size, trainer.global_rank
+        N = len(ps)
+        per_rank = -(-N // world)
+        own = [rank + world * i for i in range(per_rank)]
+        error: BaseException | None = None
+        try:
+            nll, mask = score_nll(
+                backend,
+                ps.subset([j if j < N else 0 for j in own]),
+                batch_size=self.batch_size,
+                device=device,
+                forward_context=ctx,
+            )
+        except Exception as err:
+            error = err
+        ok = trainer.strategy.all_gather(
+            torch.tensor([error is None], dtype=torch.uint8, device=device)
+        )
+        if error is not None:
+            raise error
+        if not bool(ok.all()):
+            failed = [r for r, flag in enumerate(ok.reshape(-1).tolist()) if not flag]
+            raise RuntimeError(f"the probe failed on rank(s) {failed}; skipped on every rank")
+        all_nll = trainer.strategy.all_gather(nll.to(device)).cpu()  # [W, per_rank, 1 + P, K, T]
+        all_mask = trainer.strategy.all_gather(mask.to(device, torch.uint8)).cpu().bool()
+        ranks = [j % world for j in range(N)]
+        slots = [j // world for j in range(N)]
+        return result_from_nll(backend, ps, all_nll[ranks, slots], all_mask[ranks, slots])
 
     # ------------------------------------------------------------------ logging
     def _metrics_to_log(self, result: ProbeResult) -> dict[str, float]:
@@ -367,7 +413,7 @@ class NoiseProbeCallback(Callback):
         return out
 
     def _log_metrics(self, pl_module: pl.LightningModule, result: ProbeResult) -> None:
-        # Every rank computed the same full probe, so the values are already identical:
+        # Every rank analysed the same gathered curves, so the values are already identical:
         # no sync_dist (which would average per-rank means) and no rank_zero_only (not monitorable).
         for name, value in self._metrics_to_log(result).items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)

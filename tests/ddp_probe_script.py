@@ -61,6 +61,14 @@ def main() -> None:
         num_sanity_val_steps=0,
     )
     model = ProtocolModule()
+    calls: list[int] = []  # rows per probe forward pass on this rank
+    fast = model.probe_backend.token_nll_fast
+
+    def counted(codes, *args, **kwargs):
+        calls.append(int(codes.shape[0]))
+        return fast(codes, *args, **kwargs)
+
+    model.probe_backend.token_nll_fast = counted
     trainer.fit(model)
     rank = trainer.global_rank
     record = {
@@ -69,6 +77,7 @@ def main() -> None:
         "history": probe.history,
         "seen": seen.values,
         "early_best": float(early.best_score),
+        "probe_forward_rows": calls,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     if rank == 0:

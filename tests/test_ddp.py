@@ -45,6 +45,10 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     assert ranks[0]["seen"] == pytest.approx(ranks[1]["seen"], abs=1e-6)
     assert ranks[0]["seen"] == pytest.approx([h["peak_sharpness"] for h in h0], abs=1e-6)
     assert ranks[0]["early_best"] == pytest.approx(ranks[1]["early_best"], abs=1e-6)
+    # sharded: 3 clips on 2 ranks -> 2 clips (one a padding repeat) x 4 sequences per rank per
+    # probe, the same forward passes on both ranks (FSDP-safe)
+    rows = [r["probe_forward_rows"] for r in ranks]
+    assert rows[0] == rows[1] and sum(rows[0]) == 2 * 2 * (1 + 3)
 
     # one process, same final weights: the same metrics. The ranks ran with one
     # thread each; codec convolutions round differently with other thread counts,

@@ -137,6 +137,26 @@ class ProbeSet:
     def num_tokens(self) -> torch.Tensor:
         return torch.tensor([c.num_tokens for c in self.clips], dtype=torch.long)
 
+    def subset(self, indices: list[int]) -> ProbeSet:
+        """The probe set restricted to the clips at ``indices`` (repeats allowed).
+
+        Keeps the full padded length ``T``, so subsets of one probe set stack and gather.
+        """
+        index = torch.tensor(indices, dtype=torch.long)
+        clips = [self.clips[i] for i in indices]
+        return ProbeSet(
+            self.spec,
+            clips,
+            self.perturbations,
+            self.clean_codes[index],
+            self.perturbed_codes[index],
+            self.frame_rate,
+            self.sample_rate,
+            self.channels,
+            self.skipped,
+            0,
+        )
+
     def token_valid(self) -> torch.Tensor:
         """``[N, T]`` bool: tokens inside each clip."""
         T = self.clean_codes.shape[-1]

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = [
     "PRECISIONS",
     "precision_context",
+    "result_from_nll",
+    "score_nll",
     "score_probe_set",
     "score_sequences",
     "score_shared_prefix",
@@ -182,7 +184,7 @@ def score_shared_prefix(
     return torch.cat(nll_out).cpu(), torch.cat(mask_out).cpu()
 
 
-def score_probe_set(
+def score_nll(
     backend: ProbeBackend,
     probe_set: ProbeSet,
     *,
@@ -191,11 +193,10 @@ def score_probe_set(
     device: torch.device | str | None = None,
     forward_context: Callable[[], ContextManager[Any]] | None = None,
     progress: bool = False,
-    model_name: str | None = None,
     prefix_sharing: bool = False,
     skip_prefix_heads: bool = True,
-) -> ProbeResult:
-    """Score a probe set and analyse every clean / perturbed pair.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL of every clean clip and perturbed copy of a probe set (no analysis).
 
     The LM's train/eval mode is left as it is (the caller decides; the callback
     switches to eval and restores). No global RNG is used.
@@ -209,7 +210,6 @@ def score_probe_set(
         forward_context: overrides ``precision`` with a context factory (the
             callback passes ``trainer.precision_plugin.forward_context``).
         progress: show a progress bar.
-        model_name: recorded in the result.
         prefix_sharing: run each clip's prefix once for the clip and all its
             perturbed copies (same values as full scoring up to float
             rounding). Off by default: on CPU its chunked continuation uses
@@ -223,7 +223,8 @@ def score_probe_set(
             transformer still runs over the whole sequence.
 
     Returns:
-        :class:`~lightning_noiseprobe.probe.result.ProbeResult`.
+        ``(nll, mask)`` on CPU, ``[N, 1 + P, K, T]`` (index 0 of dim 1: the clean clip);
+        ``mask`` also excludes tokens past each clip's end.
     """
     if device is None:
         device = next(backend.lm.parameters()).device
@@ -287,9 +288,27 @@ def score_probe_set(
     token_valid = probe_set.token_valid()  # [N, T]
     full_valid = torch.cat([token_valid, token_valid.repeat_interleave(P, dim=0)])
     mask = mask & full_valid[:, None, :]
-    curves, valid = codebook_average(nll, mask)  # [M, T]
+    rows = torch.cat([nll[:N, None], nll[N:].reshape(N, P, K, T)], dim=1)
+    row_mask = torch.cat([mask[:N, None], mask[N:].reshape(N, P, K, T)], dim=1)
+    return rows, row_mask
+
+
+def result_from_nll(
+    backend: ProbeBackend,
+    probe_set: ProbeSet,
+    nll: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    model_name: str | None = None,
+) -> ProbeResult:
+    """Analyse per-token NLL ``[N, 1 + P, K, T]`` (from :func:`score_nll`) into a :class:`ProbeResult`."""
+    N, P1, K, T = nll.shape
+    P = P1 - 1
+    flat_nll = torch.cat([nll[:, 0], nll[:, 1:].reshape(N * P, K, T)])
+    flat_mask = torch.cat([mask[:, 0], mask[:, 1:].reshape(N * P, K, T)])
+    curves, valid = codebook_average(flat_nll, flat_mask)  # [M, T]
     clean_curves, pert_curves = curves[:N], curves[N:].reshape(N, P, T)
-    clean_cb, pert_cb = nll[:N], nll[N:].reshape(N, P, K, T)
+    clean_cb, pert_cb = nll[:, 0], nll[:, 1:]
     valid_clean = valid[:N]
     analysis = analyze_from_curves(probe_set, clean_curves, pert_curves, valid_clean)
     return ProbeResult.build(
@@ -303,6 +322,42 @@ def score_probe_set(
         model_name=model_name,
         backend_info=backend.describe(),
     )
+
+
+def score_probe_set(
+    backend: ProbeBackend,
+    probe_set: ProbeSet,
+    *,
+    batch_size: int = 8,
+    precision: str | int = "32",
+    device: torch.device | str | None = None,
+    forward_context: Callable[[], ContextManager[Any]] | None = None,
+    progress: bool = False,
+    model_name: str | None = None,
+    prefix_sharing: bool = False,
+    skip_prefix_heads: bool = True,
+) -> ProbeResult:
+    """Score a probe set and analyse every clean / perturbed pair.
+
+    :func:`score_nll` then :func:`result_from_nll`; the arguments are theirs.
+    The LM's train/eval mode is left as it is (the caller decides; the callback
+    switches to eval and restores). No global RNG is used.
+
+    Returns:
+        :class:`~lightning_noiseprobe.probe.result.ProbeResult`.
+    """
+    nll, mask = score_nll(
+        backend,
+        probe_set,
+        batch_size=batch_size,
+        precision=precision,
+        device=device,
+        forward_context=forward_context,
+        progress=progress,
+        prefix_sharing=prefix_sharing,
+        skip_prefix_heads=skip_prefix_heads,
+    )
+    return result_from_nll(backend, probe_set, nll, mask, model_name=model_name)
 
 
 def analyze_from_curves(
