@@ -115,6 +115,22 @@ def _add_window_args(p: argparse.ArgumentParser, length_default: float = 100) ->
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+def _add_level_args(p: argparse.ArgumentParser) -> None:
+    level = p.add_mutually_exclusive_group()
+    level.add_argument(
+        "--level-dbfs",
+        type=_finite_float("--level-dbfs"),
+        default=-30.0,
+        help="noise RMS in dBFS (default -30)",
+    )
+    level.add_argument(
+        "--level-db-rel",
+        type=_finite_float("--level-db-rel"),
+        default=None,
+        help="noise RMS in dB relative to each clip's RMS (instead of --level-dbfs)",
+    )
+
+
 def _check_output(input_path: str, output_path: str) -> None:
     if Path(input_path).resolve() == Path(output_path).resolve():
         raise NoiseProbeError(
@@ -346,19 +362,7 @@ def _add_probe_parser(sub: Any) -> None:
         default=("white",),
         help="noise colours, comma-separated (default white)",
     )
-    level = p.add_mutually_exclusive_group()
-    level.add_argument(
-        "--level-dbfs",
-        type=_finite_float("--level-dbfs"),
-        default=-30.0,
-        help="noise RMS in dBFS (default -30)",
-    )
-    level.add_argument(
-        "--level-db-rel",
-        type=_finite_float("--level-db-rel"),
-        default=None,
-        help="noise RMS relative to each clip's RMS, in dB",
-    )
+    _add_level_args(p)
     p.add_argument("--mode", choices=("replace", "add"), default="replace")
     p.add_argument(
         "--shuffle",
@@ -547,19 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--noise", choices=NOISE_COLORS, default="white", help="noise colour (default white)"
     )
-    level = p.add_mutually_exclusive_group()
-    level.add_argument(
-        "--level-dbfs",
-        type=_finite_float("--level-dbfs"),
-        default=-30.0,
-        help="noise RMS in dBFS (default -30)",
-    )
-    level.add_argument(
-        "--level-db-rel",
-        type=_finite_float("--level-db-rel"),
-        default=None,
-        help="noise RMS in dB relative to the clip's RMS",
-    )
+    _add_level_args(p)
     p.add_argument(
         "--mode",
         choices=("replace", "add"),
