@@ -210,6 +210,13 @@ class NoiseProbeCallback(Callback):
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._backend_of(pl_module)  # fail early with a clear message
+        strategy = type(trainer.strategy).__name__
+        if strategy in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy"):
+            rank_zero_warn(
+                f"NoiseProbeCallback: probing under {strategy} is not supported yet: the probe calls the LM"
+                " outside the sharded root module's forward, so it will likely fail and be skipped each epoch"
+                " (training is not affected). Use DDP, or pass fatal=True to stop on the first failure."
+            )
         if self._audio_files is None:
             self._audio_files = self._resolve_audio(trainer)
 
