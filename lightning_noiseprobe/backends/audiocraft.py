@@ -647,7 +647,9 @@ class AudiocraftBackend(ProbeBackend):
         return self._require_loaded()
 
     @property
-    def lm(self) -> torch.nn.Module:
+    def lm(
+        self,
+    ) -> Any:  # audiocraft's LMModel, an nn.Module (typed loosely: audiocraft has no stubs)
         """The audiocraft ``LMModel`` (with its conditioners): the part that fine-tunes."""
         return self._require_loaded().lm
 

@@ -169,22 +169,22 @@ class ProbeResult:
         written: list[Path] = []
         atomic_write_json(out / "metrics.json", self.to_json())
         written.append(out / "metrics.json")
+        arrays: dict[str, Any] = {
+            "clips": np.array(self.clip_names),
+            "perturbations": np.array([p.key for p in self.perturbations]),
+            "clean": self.clean.numpy(),
+            "perturbed": self.perturbed.numpy(),
+            "clean_per_codebook": self.clean_per_codebook.numpy(),
+            "perturbed_per_codebook": self.perturbed_per_codebook.numpy(),
+            "valid": self.valid.numpy(),
+            "delta": self.analysis.delta.numpy(),
+            "smoothed": self.analysis.smoothed.numpy(),
+            "start": self.analysis.start.numpy(),
+            "regions": self.analysis.regions.numpy(),
+        }
+        arrays.update({f"metric_{k}": v.numpy() for k, v in self.analysis.metrics().items()})
         with atomic_path(out / "curves.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(  # type: ignore[arg-type]
-                fh,
-                clips=np.array(self.clip_names),
-                perturbations=np.array([p.key for p in self.perturbations]),
-                clean=self.clean.numpy(),
-                perturbed=self.perturbed.numpy(),
-                clean_per_codebook=self.clean_per_codebook.numpy(),
-                perturbed_per_codebook=self.perturbed_per_codebook.numpy(),
-                valid=self.valid.numpy(),
-                delta=self.analysis.delta.numpy(),
-                smoothed=self.analysis.smoothed.numpy(),
-                start=self.analysis.start.numpy(),
-                regions=self.analysis.regions.numpy(),
-                **{f"metric_{k}": v.numpy() for k, v in self.analysis.metrics().items()},
-            )
+            np.savez_compressed(fh, **arrays)
         written.append(out / "curves.npz")
         if figures:
             from lightning_noiseprobe import plots
