@@ -186,7 +186,7 @@ class MusicGenLightningModule(pl.LightningModule):
                 f"('audiocraft' or 'transformers') but got {backend!r} "
                 f"({type(probe_backend).__name__})."
             )
-        self._backend: Any = probe_backend  # `lm_logits` is not part of `ProbeBackend`
+        self._backend: Any = probe_backend  # backend-specific extras (musicgen, save) are used too
         # Same objects as the backend's: the probe measures the model being trained.
         self.lm = probe_backend.lm.float()
         self.codec = probe_backend.codec

@@ -287,3 +287,8 @@ def test_default_scoring_skips_prefix_heads_exactly(
     torch.testing.assert_close(
         result.clean_per_codebook * ref_mask[:, 0], ref[:, 0] * ref_mask[:, 0], atol=1e-4, rtol=0
     )
+
+
+def test_scoring_only_backend_cannot_give_logits(tiny_backend):
+    with pytest.raises(NotImplementedError, match="_FullOnlyBackend implements neither `lm_logits`"):
+        _FullOnlyBackend(tiny_backend).lm_logits(torch.zeros(1, 4, 5, dtype=torch.long))

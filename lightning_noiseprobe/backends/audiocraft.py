@@ -28,7 +28,6 @@ import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends.base import ProbeBackend, register_backend
-from lightning_noiseprobe.functional.losses import token_nll_from_logits
 
 if TYPE_CHECKING:
     from audiocraft.models.musicgen import MusicGen
@@ -780,28 +779,6 @@ class AudiocraftBackend(ProbeBackend):
             condition_tensors = self._condition_tensors(codes.shape[0], descriptions)
             out = self.lm.compute_predictions(codes, [], condition_tensors=condition_tensors)
         return out.logits, out.mask.to(torch.bool)
-
-    def token_nll(
-        self,
-        codes: torch.Tensor,
-        descriptions: Sequence[str | None] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token NLL: :meth:`lm_logits` then :func:`token_nll_from_logits`.
-
-        Differentiable; wrap in ``torch.no_grad()`` for probing.
-
-        Args:
-            codes: ``[B, K, T]`` long codes.
-            descriptions: one text per item (``None`` = unconditional), or
-                ``None`` for all-unconditional.
-
-        Returns:
-            ``(nll, mask)``, both ``[B, K, T]``; ``nll`` float32 (0 where
-            invalid), ``mask`` bool. The last ``d_k`` frames of codebook ``k``
-            are invalid (delays ``[0, 1, 2, 3]``).
-        """
-        logits, mask = self.lm_logits(codes, descriptions)
-        return token_nll_from_logits(logits, codes.to(logits.device), mask)
 
     # -- fast scoring (inference) ---------------------------------------------
     def _plain_delays(self) -> list[int] | None:

@@ -98,7 +98,25 @@ class ProbeBackend(ABC):
             ``[B, K, T]`` long codes.
         """
 
-    @abstractmethod
+    def lm_logits(
+        self,
+        codes: torch.Tensor,
+        descriptions: Sequence[str | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM logits aligned with ``codes``, with gradients (the training path).
+
+        Backends that can be fine-tuned implement it; a scoring-only backend may
+        instead override :meth:`token_nll`.
+
+        Returns:
+            ``(logits [B, K, T, card], mask [B, K, T] bool)``; logits may be
+            anything (audiocraft: NaN) where ``mask`` is ``False``.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither `lm_logits` nor `token_nll`; a backend needs one of"
+            " them (`lm_logits` to be fine-tuned by MusicGenLightningModule)."
+        )
+
     def token_nll(
         self,
         codes: torch.Tensor,
@@ -106,9 +124,10 @@ class ProbeBackend(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token negative log-likelihood of ``codes`` under the LM.
 
-        Log-softmax is computed in float32 even under autocast; invalid
-        positions (delay pattern) hold 0 in ``nll`` and ``False`` in ``mask``
-        (never NaN).
+        :meth:`lm_logits` then :func:`~lightning_noiseprobe.functional.losses.token_nll_from_logits`:
+        log-softmax in float32 even under autocast; invalid positions (delay
+        pattern) hold 0 in ``nll`` and ``False`` in ``mask`` (never NaN).
+        Differentiable; wrap in ``torch.no_grad()`` for probing.
 
         Args:
             codes: ``[B, K, T]`` long codes.
@@ -118,6 +137,10 @@ class ProbeBackend(ABC):
         Returns:
             ``(nll, mask)``, both ``[B, K, T]``; ``nll`` float32, ``mask`` bool.
         """
+        from lightning_noiseprobe.functional.losses import token_nll_from_logits
+
+        logits, mask = self.lm_logits(codes, descriptions)
+        return token_nll_from_logits(logits, codes.to(logits.device), mask)
 
     # -- optional fast paths (inference only; defaults fall back to token_nll) --
     def token_nll_fast(

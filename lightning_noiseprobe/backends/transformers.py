@@ -41,7 +41,6 @@ from lightning_noiseprobe.backends.audiocraft import (
     _outside_inference_mode,
 )
 from lightning_noiseprobe.backends.base import ProbeBackend, register_backend
-from lightning_noiseprobe.functional.losses import token_nll_from_logits
 
 if TYPE_CHECKING:
     from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
@@ -709,25 +708,3 @@ class TransformersBackend(ProbeBackend):
         with _outside_inference_mode():
             hidden, mask = self._encoder_states(codes.shape[0], descriptions)
             return delayed_lm_logits(model.decoder, codes, hidden, mask)
-
-    def token_nll(
-        self,
-        codes: torch.Tensor,
-        descriptions: Sequence[str | None] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token NLL: :meth:`lm_logits` then :func:`token_nll_from_logits`.
-
-        Differentiable; wrap in ``torch.no_grad()`` for probing.
-
-        Args:
-            codes: ``[B, K, T]`` long codes.
-            descriptions: one text per item (``None`` = unconditional), or
-                ``None`` for all-unconditional.
-
-        Returns:
-            ``(nll, mask)``, both ``[B, K, T]``; ``nll`` float32 (0 where
-            invalid), ``mask`` bool. The last ``d_k`` frames of codebook ``k``
-            are invalid (delays ``[0, 1, 2, 3]``).
-        """
-        logits, mask = self.lm_logits(codes, descriptions)
-        return token_nll_from_logits(logits, codes.to(logits.device), mask)
