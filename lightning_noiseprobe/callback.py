@@ -210,15 +210,35 @@ class NoiseProbeCallback(Callback):
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._backend_of(pl_module)  # fail early with a clear message
-        strategy = type(trainer.strategy).__name__
-        if strategy in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy"):
-            rank_zero_warn(
-                f"NoiseProbeCallback: probing under {strategy} is not supported yet: the probe calls the LM"
-                " outside the sharded root module's forward, so it will likely fail and be skipped each epoch"
-                " (training is not affected). Use DDP, or pass fatal=True to stop on the first failure."
-            )
+        self._check_strategy(trainer)
         if self._audio_files is None:
             self._audio_files = self._resolve_audio(trainer)
+
+    @staticmethod
+    def _check_strategy(trainer: pl.Trainer) -> None:
+        """Refuse tensor parallelism; warn where probing is not verified (FSDP1, DeepSpeed)."""
+        strategy = type(trainer.strategy).__name__
+        # resolved by the strategy's setup_environment, before this hook ("auto": the devices of a node)
+        tp = getattr(trainer.strategy, "_tensor_parallel_size", 1)
+        if strategy == "ModelParallelStrategy" and tp != 1:
+            raise NoiseProbeError(
+                f"NoiseProbeCallback supports ModelParallelStrategy as FSDP2 data parallelism only, but"
+                f" tensor_parallel_size is {tp!r} (its default 'auto' is every device of a node): the probe"
+                " shards its clips across every rank. Pass ModelParallelStrategy(data_parallel_size=<devices>,"
+                " tensor_parallel_size=1)."
+            )
+        if strategy == "DeepSpeedStrategy":
+            rank_zero_warn(
+                "NoiseProbeCallback: probing under DeepSpeedStrategy is not supported: with ZeRO-3 the probe calls"
+                " the LM outside the engine's forward, so it would fail and be skipped each epoch (training is not"
+                " affected). Use DDP or ModelParallelStrategy (FSDP2)."
+            )
+        elif strategy == "FSDPStrategy":
+            rank_zero_warn(
+                "NoiseProbeCallback: under FSDPStrategy (FSDP1) the probe runs inside the wrapped root's forward;"
+                " this path has not been verified on hardware (FSDP1 needs a GPU). ModelParallelStrategy (FSDP2)"
+                " is tested. If the probe fails it is skipped with a warning; pass fatal=True to stop instead."
+            )
 
     @staticmethod
     def _backend_of(pl_module: pl.LightningModule) -> ProbeBackend:
@@ -312,52 +332,69 @@ class NoiseProbeCallback(Callback):
     def _run_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeResult:
         from lightning.pytorch.utilities.seed import isolate_rng
 
-        from lightning_noiseprobe.probe.probeset import build_probe_set, default_cache_dir
-        from lightning_noiseprobe.probe.runner import precision_context, score_probe_set
+        from lightning_noiseprobe._sharding import run_in_root_forward, unsharded
 
         backend = self._backend_of(pl_module)
         device = pl_module.device
         modes = {m: m.training for m in pl_module.modules()}
+        used = (backend.lm, backend.codec)
         pl_module.eval()
         try:
             # no_grad, not inference_mode: tensors the model caches during the probe
             # (audiocraft's pattern indexes) must stay usable by later training steps.
-            with isolate_rng(), torch.inference_mode(False), torch.no_grad():
-                if self._probe_set is None:
-                    if self._audio_files is None:
-                        self._audio_files = self._resolve_audio(trainer)
-                    cache = self.cache_dir
-                    if cache is None:
-                        cache = default_cache_dir()
-                    elif str(cache).lower() == "none":
-                        cache = None
-                    self._probe_set = build_probe_set(
-                        backend,
-                        self._audio_files,
-                        self.spec,
-                        descriptions=self.descriptions,
-                        cache_dir=cache,
-                    )
-                    for skipped in self._probe_set.skipped:
-                        rank_zero_warn(
-                            f"NoiseProbeCallback: skipped probe clip {skipped['path']}: {skipped['reason']}"
-                        )
-                if self.precision is None:
-                    ctx = trainer.precision_plugin.forward_context
-                else:
-                    ctx = precision_context(self.precision, device)
-                if trainer.world_size > 1:
-                    return self._score_sharded(trainer, backend, ctx, device)
-                return score_probe_set(
-                    backend,
-                    self._probe_set,
-                    batch_size=self.batch_size,
-                    device=device,
-                    forward_context=ctx,
+            # Sharded models: FSDP2 groups holding weights the probe calls directly are
+            # gathered for the probe; under FSDP1 it runs inside the root's forward.
+            with (
+                isolate_rng(),
+                torch.inference_mode(False),
+                torch.no_grad(),
+                unsharded(pl_module, used),
+            ):
+                return run_in_root_forward(
+                    trainer, pl_module, used, lambda: self._probe(trainer, backend, device)
                 )
         finally:
             for module, training in modes.items():
                 module.train(training)
+
+    def _probe(
+        self, trainer: pl.Trainer, backend: ProbeBackend, device: torch.device
+    ) -> ProbeResult:
+        from lightning_noiseprobe.probe.probeset import build_probe_set, default_cache_dir
+        from lightning_noiseprobe.probe.runner import precision_context, score_probe_set
+
+        if self._probe_set is None:
+            if self._audio_files is None:
+                self._audio_files = self._resolve_audio(trainer)
+            cache = self.cache_dir
+            if cache is None:
+                cache = default_cache_dir()
+            elif str(cache).lower() == "none":
+                cache = None
+            self._probe_set = build_probe_set(
+                backend,
+                self._audio_files,
+                self.spec,
+                descriptions=self.descriptions,
+                cache_dir=cache,
+            )
+            for skipped in self._probe_set.skipped:
+                rank_zero_warn(
+                    f"NoiseProbeCallback: skipped probe clip {skipped['path']}: {skipped['reason']}"
+                )
+        if self.precision is None:
+            ctx = trainer.precision_plugin.forward_context
+        else:
+            ctx = precision_context(self.precision, device)
+        if trainer.world_size > 1:
+            return self._score_sharded(trainer, backend, ctx, device)
+        return score_probe_set(
+            backend,
+            self._probe_set,
+            batch_size=self.batch_size,
+            device=device,
+            forward_context=ctx,
+        )
 
     def _score_sharded(
         self, trainer: pl.Trainer, backend: ProbeBackend, ctx: Any, device: torch.device

@@ -259,6 +259,44 @@ class MusicGenLightningModule(pl.LightningModule):
             if any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in prefixes):
                 param.requires_grad_(False)
 
+    # -- sharding -------------------------------------------------------------
+    @override
+    def configure_model(self) -> None:
+        """Shard the LM with FSDP2 under ``ModelParallelStrategy(tensor_parallel_size=1)``.
+
+        Each transformer layer becomes its own group, then the LM takes the
+        rest (embeddings, output heads, condition provider); the frozen codec
+        stays whole on every rank. Nothing happens under other strategies.
+        Lightning calls this hook; :class:`NoiseProbeCallback` probes the
+        sharded LM (see ``lightning_noiseprobe._sharding``).
+
+        Raises:
+            NoiseProbeError: with tensor parallelism, or with the transformers backend.
+        """
+        mesh = self._device_mesh
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(self.lm, FSDPModule):
+            return  # already sharded (the hook may run again, e.g. fit then validate)
+        if mesh["tensor_parallel"].size() != 1:
+            raise NoiseProbeError(
+                "Expected ModelParallelStrategy(tensor_parallel_size=1) (FSDP2 data parallelism) for"
+                f" MusicGenLightningModule but the tensor-parallel size is {mesh['tensor_parallel'].size()}."
+                " Pass ModelParallelStrategy(data_parallel_size=<devices>, tensor_parallel_size=1)."
+            )
+        if isinstance(self._backend, TransformersBackend):
+            raise NoiseProbeError(
+                "Expected backend='audiocraft' under ModelParallelStrategy: FSDP2 sharding of the transformers"
+                " backend is not implemented. Use strategy='ddp' with backend='transformers'."
+            )
+        dp = mesh["data_parallel"]
+        transformer: Any = self.lm.transformer
+        for layer in transformer.layers:
+            fully_shard(layer, mesh=dp)
+        fully_shard(self.lm, mesh=dp)
+
     # -- the probe protocol ---------------------------------------------------
     @property
     def probe_backend(self) -> ProbeBackend:
@@ -489,8 +527,15 @@ class MusicGenLightningModule(pl.LightningModule):
             NoiseProbeError: (transformers) if ``folder`` exists and holds
                 something other than an earlier save.
         """
+        from lightning_noiseprobe._sharding import fsdp2_modules
         from lightning_noiseprobe.backends.audiocraft import save_audiocraft_export
 
+        if fsdp2_modules(self.lm):
+            raise NoiseProbeError(
+                "Expected an unsharded LM to export but this one is sharded with FSDP2 (ModelParallelStrategy):"
+                " each rank holds a shard. Load the trained weights into MusicGenLightningModule in one process"
+                " (e.g. from a checkpoint saved with save_distributed_checkpoint=False) and export there."
+            )
         folder = Path(folder)
         backend = self._backend
         if isinstance(backend, TransformersBackend):

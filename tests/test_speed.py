@@ -290,5 +290,7 @@ def test_default_scoring_skips_prefix_heads_exactly(
 
 
 def test_scoring_only_backend_cannot_give_logits(tiny_backend):
-    with pytest.raises(NotImplementedError, match="_FullOnlyBackend implements neither `lm_logits`"):
+    with pytest.raises(
+        NotImplementedError, match="_FullOnlyBackend implements neither `lm_logits`"
+    ):
         _FullOnlyBackend(tiny_backend).lm_logits(torch.zeros(1, 4, 5, dtype=torch.long))

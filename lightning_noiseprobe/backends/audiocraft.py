@@ -718,6 +718,11 @@ class AudiocraftBackend(ProbeBackend):
         return codes.long()
 
     def _condition_tensors(self, batch: int, descriptions: Sequence[str | None] | None) -> Any:
+        provider = self.lm.condition_provider
+        return provider(provider.tokenize(self._attributes(batch, descriptions)))
+
+    def _attributes(self, batch: int, descriptions: Sequence[str | None] | None) -> list[Any]:
+        """One ``ConditioningAttributes`` per item: its description, no melody."""
         from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition
 
         if descriptions is None:
@@ -745,7 +750,7 @@ class AudiocraftBackend(ProbeBackend):
                     path=[None],
                 )
             attributes.append(attr)
-        return provider(provider.tokenize(attributes))
+        return attributes
 
     def lm_logits(
         self,
@@ -754,10 +759,13 @@ class AudiocraftBackend(ProbeBackend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """LM logits aligned with ``codes``, with gradients (training path).
 
-        Runs ``lm.compute_predictions`` on conditions computed directly from
-        ``descriptions`` (as the MusicGen solver does), so no
-        classifier-free-guidance or attribute dropout is applied and no random
-        number is drawn. The LM's train/eval mode is left as the caller set it.
+        Runs ``lm.compute_predictions`` on the conditions of ``descriptions``
+        with the LM's classifier-free-guidance and attribute dropout held in
+        eval mode (the caller decides on dropout, as the MusicGen solver does),
+        so no random number is drawn. The conditions are computed inside the
+        LM's ``forward``, so a sharded LM (FSDP2 ``fully_shard``) gathers the
+        condition provider's weights with the rest. The LM's train/eval mode is
+        otherwise left as the caller set it.
 
         Args:
             codes: ``[B, K, T]`` long codes.
@@ -775,9 +783,17 @@ class AudiocraftBackend(ProbeBackend):
                 f"but got {tuple(codes.shape)}."
             )
         codes = codes.to(self.device, torch.long)
-        with _outside_inference_mode():
-            condition_tensors = self._condition_tensors(codes.shape[0], descriptions)
-            out = self.lm.compute_predictions(codes, [], condition_tensors=condition_tensors)
+        lm = self.lm
+        dropouts = [m for m in (lm.cfg_dropout, lm.att_dropout) if m.training]
+        try:
+            for m in dropouts:
+                m.eval()
+            with _outside_inference_mode():
+                attributes = self._attributes(codes.shape[0], descriptions)
+                out = lm.compute_predictions(codes, attributes)
+        finally:
+            for m in dropouts:
+                m.train()
         return out.logits, out.mask.to(torch.bool)
 
     # -- fast scoring (inference) ---------------------------------------------

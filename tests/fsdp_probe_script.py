@@ -1,0 +1,129 @@
+"""Run by tests/test_fsdp.py: a real 2-process FSDP2 fit on CPU (gloo) with the probe.
+
+``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)`` shards
+MusicGenLightningModule's LM with ``fully_shard`` (its ``configure_model``).
+Lightning re-launches this script for rank 1, so it must be a file. Each rank
+writes what it saw to OUT/rank<r>.json; rank 0 also writes the full final LM
+weights to OUT/lm.pt.
+
+Usage: python fsdp_probe_script.py PROBE_DIR OUT_DIR [--no-probe]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_noiseprobe.callback import NoiseProbeCallback
+from lightning_noiseprobe.module import MusicGenLightningModule
+
+
+class Codes(Dataset):
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.codes = torch.randint(0, 2048, (n, 4, 60), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"codes": self.codes[i]}
+
+
+class Record(Callback):
+    """Training losses, and what EarlyStopping's monitor holds after each validation, on this rank."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.seen: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+    def on_validation_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get("noiseprobe/peak_sharpness")
+        if not trainer.sanity_checking and value is not None:
+            self.seen.append(float(value))
+
+
+def main() -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    probe_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+    with_probe = "--no-probe" not in sys.argv
+    warnings.filterwarnings("ignore")
+    pl.seed_everything(0)
+    record = Record()
+    callbacks: list[Callback] = [record]
+    probe = NoiseProbeCallback(
+        probe_audio=probe_dir,
+        onset=60,
+        lengths=(5, 20, 60),
+        clip_seconds=4.0,
+        batch_size=4,
+        cache_dir="none",
+        fatal=True,
+    )
+    if with_probe:
+        early = EarlyStopping(monitor="noiseprobe/peak_sharpness", mode="max", patience=5)
+        callbacks = [probe, early, record]
+    trainer = pl.Trainer(
+        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+        devices=2,
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+    )
+    model = MusicGenLightningModule(model="tiny", lr=1e-3, warmup_steps=1, cfg_dropout=0.0)
+    initial = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    calls: list[int] = []  # rows per probe forward pass on this rank
+    fast = model.probe_backend.token_nll_fast
+
+    def counted(codes, *args, **kwargs):
+        calls.append(int(codes.shape[0]))
+        return fast(codes, *args, **kwargs)
+
+    model.probe_backend.token_nll_fast = counted
+    trainer.fit(
+        model,
+        train_dataloaders=DataLoader(Codes(8, 0), batch_size=2),
+        val_dataloaders=DataLoader(Codes(4, 1), batch_size=2),
+    )
+    full = get_model_state_dict(
+        model.lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    rank = trainer.global_rank
+    record_out = {
+        "rank": rank,
+        "world_size": trainer.world_size,
+        "sharded_weight_type": type(model.lm.emb[0].weight).__name__,
+        "layer_weight_type": type(next(model.lm.transformer.layers[0].parameters())).__name__,
+        # the full weights are gathered on rank 0 only (cpu_offload)
+        "weights_changed": any(not torch.equal(full[k], initial[k]) for k in full),
+        "losses": record.losses,
+        "history": probe.history,
+        "failures": probe.failures,
+        "seen": record.seen,
+        "early_best": float(early.best_score) if with_probe else None,
+        "probe_forward_rows": calls,
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(record_out))
+    if rank == 0:
+        torch.save(full, out / "lm.pt")
+
+
+if __name__ == "__main__":
+    main()
