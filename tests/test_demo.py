@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,16 @@ def test_lightning_cli_rejects_bad_config(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["fit", "--config", "configs/tiny.yaml", "--model.lr", "not-a-number"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "config", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+)
+def test_every_shipped_config_parses(config, capsys):
+    """Class paths resolve and every init_args key exists (a misspelled key exits 2)."""
+    root = Path(__file__).parents[1]
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(root / "configs" / config), "--print_config"])
+    captured = capsys.readouterr()
+    assert info.value.code in (0, None), captured.err[-2000:]
+    assert "class_path: lightning_noiseprobe.callback.NoiseProbeCallback" in captured.out
