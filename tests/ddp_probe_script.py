@@ -61,14 +61,14 @@ def main() -> None:
         num_sanity_val_steps=0,
     )
     model = ProtocolModule()
-    calls: list[int] = []  # rows per probe forward pass on this rank
-    fast = model.probe_backend.token_nll_fast
+    calls: list[int] = []  # rows per LM pass of the probe on this rank (clean, then continuations)
+    lm_pass = model.probe_backend._nll_at_positions
 
-    def counted(codes, *args, **kwargs):
-        calls.append(int(codes.shape[0]))
-        return fast(codes, *args, **kwargs)
+    def counted(sequence, *args, **kwargs):
+        calls.append(int(sequence.shape[0]))
+        return lm_pass(sequence, *args, **kwargs)
 
-    model.probe_backend.token_nll_fast = counted
+    model.probe_backend._nll_at_positions = counted
     trainer.fit(model)
     rank = trainer.global_rank
     record = {

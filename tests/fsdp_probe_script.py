@@ -89,14 +89,14 @@ def main() -> None:
     )
     model = MusicGenLightningModule(model="tiny", lr=1e-3, warmup_steps=1, cfg_dropout=0.0)
     initial = {k: v.clone() for k, v in model.lm.state_dict().items()}
-    calls: list[int] = []  # rows per probe forward pass on this rank
-    fast = model.probe_backend.token_nll_fast
+    calls: list[int] = []  # rows per LM pass of the probe on this rank (clean, then continuations)
+    lm_pass = model.probe_backend._nll_at_positions
 
-    def counted(codes, *args, **kwargs):
-        calls.append(int(codes.shape[0]))
-        return fast(codes, *args, **kwargs)
+    def counted(sequence, *args, **kwargs):
+        calls.append(int(sequence.shape[0]))
+        return lm_pass(sequence, *args, **kwargs)
 
-    model.probe_backend.token_nll_fast = counted
+    model.probe_backend._nll_at_positions = counted
     trainer.fit(
         model,
         train_dataloaders=DataLoader(Codes(8, 0), batch_size=2),

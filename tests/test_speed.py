@@ -126,7 +126,7 @@ def test_shared_prefix_boundary_is_exact(tiny_backend):
     rows = torch.cat([codes[:, None], variants], 1).reshape(-1, K, T)
     with torch.no_grad():
         ref, ref_mask = tiny_backend.token_nll(rows)
-        for shared in (f, f - 7, 2):
+        for shared in (f, f - 7, 2, 1, 0):  # 0 and 1: nothing shared, still exact
             nll, mask = tiny_backend.token_nll_shared_prefix(
                 codes, variants, shared_frames=shared, batch_size=3
             )

@@ -892,7 +892,9 @@ class AudiocraftBackend(ProbeBackend):
             target = codes[:, k, lo - d : hi - d].reshape(-1)
             ce = [
                 torch.nn.functional.cross_entropy(
-                    lm.linears[k](hidden[i : i + rows]).float(), target[i : i + rows], reduction="none"
+                    lm.linears[k](hidden[i : i + rows]).float(),
+                    target[i : i + rows],
+                    reduction="none",
                 )
                 for i in range(0, hidden.shape[0], rows)
             ]
@@ -965,35 +967,37 @@ class AudiocraftBackend(ProbeBackend):
 
         The delayed input at position ``p`` holds frames ``p - 1 - d_q`` (all
         ``< p``) and position ``p`` scores frame ``p - d_k`` (``<= p``), so a
-        position ``p < shared_frames`` reads and scores only shared frames: it
-        gives the same losses for a clean sequence and all its variants
-        (``p = shared_frames`` already scores a differing frame of codebook 0).
-        One position of margin is kept: positions ``[0, shared_frames - 1)``
-        run once per clean sequence inside ``lm.streaming()``;
-        the attention cache is then copied to each row (clean and variants) and
-        the remaining positions run as a continuation. Frame ``t`` of codebook
-        ``k`` (position ``t + d_k``) takes its value from the prefix pass when
-        ``t + d_k < shared_frames - 1`` and from the continuation otherwise, so the
-        result equals full scoring up to float rounding.
+        position ``p < shared_frames`` reads and scores only shared frames: the
+        transformer's states there, and the losses, are the same for a clean
+        sequence and all its variants (``p = shared_frames`` already scores a
+        differing frame of codebook 0). One position of margin is kept: with
+        ``split = shared_frames - 1``, each clean sequence runs in full once,
+        and its self-attention keys and values at positions ``< split`` are
+        kept; each variant then runs only positions ``>= split``, attending to
+        those keys and values and to its own (PyTorch's fused attention with an
+        offset causal mask, positions continued through the transformer's
+        streaming offsets). Frame ``t`` of codebook ``k`` (position ``t + d_k``)
+        takes its value from the clean pass when ``t + d_k < split`` and from
+        the continuation otherwise, so the result equals full scoring up to
+        float rounding while the variants' prefixes (transformer and output
+        heads) are never computed.
 
-        For the chunked continuation every ``StreamingMultiheadAttention`` runs
-        with ``memory_efficient=False`` (the einsum attention, same numbers);
-        the flags are restored and the streaming state is left empty afterwards.
-        Falls back to full scoring when the LM is not covered, is already
-        streaming, or nothing is shared.
+        The LM is left as found (no streaming state, no hook, its own
+        attention). Falls back to full scoring when the LM is not covered (see
+        :meth:`_plain_delays` and :meth:`_continuable_attentions`) or is
+        already streaming. Each call makes one clean pass and
+        ``ceil(B * P / batch_size)`` continuation passes, whatever the data.
 
         Args:
             codes: ``[B, K, T]`` clean codes.
             variants: ``[B, P, K, T]``; ``variants[b, p, :, :shared_frames] == codes[b, :, :shared_frames]``.
             descriptions: one text per clean sequence, or ``None``.
             shared_frames: frames every variant shares with its clean sequence.
-            batch_size: most rows per continuation pass (``None``: all at once).
+            batch_size: most variant rows per continuation pass (``None``: all at once).
 
         Returns:
             ``(nll, mask)``, both ``[B, 1 + P, K, T]`` (index 0: clean).
         """
-        from audiocraft.modules.transformer import StreamingMultiheadAttention
-
         self._require_loaded()
         self._check_codes(codes)
         B, P, K, T = variants.shape
@@ -1004,58 +1008,150 @@ class AudiocraftBackend(ProbeBackend):
             )
         lm = self.lm
         delays = self._plain_delays()
-        # one position of margin; keep at least one position to continue with
-        split = min(int(shared_frames) - 1, T - 1)
-        if delays is None or lm._is_streaming or split < 1:
+        attentions = self._continuable_attentions()
+        # One position of margin; keep at least one position to continue with. With
+        # nothing shared (split 0) the variants still run as a continuation, so the
+        # passes made never depend on the data (sharded models gather per pass).
+        split = max(0, min(int(shared_frames) - 1, T - 1))
+        if delays is None or attentions is None or lm._is_streaming or P == 0:
             return super().token_nll_shared_prefix(
                 codes, variants, descriptions, shared_frames=0, batch_size=batch_size
             )
         device = self.device
         codes = codes.to(device, torch.long)
-        rows = torch.cat([codes[:, None], variants.to(device, torch.long)], dim=1)
-        rows = rows.reshape(B * (1 + P), K, T)
-        owner = torch.arange(B, device=device).repeat_interleave(1 + P)  # clean row of each row
+        rows = variants.to(device, torch.long).reshape(B * P, K, T)
+        owner = torch.arange(B, device=device).repeat_interleave(P)  # clean sequence of each row
         size = rows.shape[0] if batch_size is None else max(1, int(batch_size))
-        attentions = [m for m in lm.modules() if isinstance(m, StreamingMultiheadAttention)]
-        flags = [m.memory_efficient for m in attentions]
-        parts: list[torch.Tensor] = []
-        try:
-            for m in attentions:
-                m.memory_efficient = False
-            with _outside_inference_mode():
-                condition_tensors = self._condition_tensors(B, descriptions)
-                with lm.streaming():
-                    prefix_nll = self._nll_at_positions(
-                        self._delayed_sequence(codes, delays)[..., :split],
-                        codes,
-                        condition_tensors,
-                        delays,
-                        0,
+        past: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def keep_prefix_keys_values(module: Any, args: tuple[Any, ...]) -> None:
+            # inside the layer's forward, where a sharded (FSDP) layer has its weights
+            past[module] = _self_attention_keys_values(module, args[0][:, :split])
+
+        with _outside_inference_mode():
+            condition_tensors = self._condition_tensors(B, descriptions)
+            hooks = [m.register_forward_pre_hook(keep_prefix_keys_values) for m in attentions]
+            try:
+                clean_nll = self._nll_at_positions(
+                    self._delayed_sequence(codes, delays), codes, condition_tensors, delays, 0
+                )
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            # what the variants share: frames scored before position `split`
+            limit = torch.tensor([split - d for d in delays], device=device)
+            before = torch.arange(T, device=device) < limit[:, None]  # [K, T]
+            prefix_nll = clean_nll * before
+            sequence = self._delayed_sequence(rows, delays)[..., split:]
+            parts: list[torch.Tensor] = []
+            for i in range(0, rows.shape[0], size):
+                index = owner[i : i + size]
+                conditions = {
+                    name: tuple(t.index_select(0, index) for t in pair)
+                    for name, pair in condition_tensors.items()
+                }
+                with _continuing(lm.transformer, past, index, split):
+                    suffix_nll = self._nll_at_positions(
+                        sequence[i : i + size], rows[i : i + size], conditions, delays, split
                     )
-                    state = lm.get_streaming_state()
-                sequence = self._delayed_sequence(rows, delays)[..., split:]
-                for i in range(0, rows.shape[0], size):
-                    index = owner[i : i + size]
-                    with lm.streaming():
-                        lm.set_streaming_state(
-                            {
-                                key: value.index_select(0, index) if value.dim() else value.clone()
-                                for key, value in state.items()
-                            }
-                        )
-                        conditions = {
-                            name: tuple(t.index_select(0, index) for t in pair)
-                            for name, pair in condition_tensors.items()
-                        }
-                        suffix_nll = self._nll_at_positions(
-                            sequence[i : i + size], rows[i : i + size], conditions, delays, split
-                        )
-                    # disjoint frames, zero elsewhere: the sum is exact
-                    parts.append(prefix_nll.index_select(0, index) + suffix_nll)
-        finally:
-            for m, flag in zip(attentions, flags, strict=True):
-                m.memory_efficient = flag
-        shape = (B, 1 + P, K, T)
-        nll = torch.cat(parts).reshape(shape)
-        mask = self._delay_mask(B * (1 + P), T, delays).reshape(shape)
+                # disjoint frames, zero elsewhere: the sum is exact
+                parts.append(prefix_nll.index_select(0, index) + suffix_nll)
+        nll = torch.cat([clean_nll[:, None], torch.cat(parts).reshape(B, P, K, T)], dim=1)
+        mask = self._delay_mask(B * (1 + P), T, delays).reshape(B, 1 + P, K, T)
         return nll, mask
+
+    def _continuable_attentions(self) -> list[Any] | None:
+        """The LM's causal self-attention modules, if :meth:`token_nll_shared_prefix` can continue them.
+
+        Covered: audiocraft's own attention (``custom``) with packed q/k/v
+        projections (``kv_repeat == 1``), no RoPE, no q/k layer norm and no
+        limited past context, as in every released MusicGen; else ``None``.
+        """
+        from audiocraft.modules.transformer import StreamingMultiheadAttention
+
+        found = [
+            m
+            for m in self.lm.transformer.modules()
+            if isinstance(m, StreamingMultiheadAttention) and not m.cross_attention
+        ]
+        if not found or not all(
+            m.causal
+            and m.custom
+            and m.kv_repeat == 1
+            and m.rope is None
+            and not m.qk_layer_norm
+            and m.past_context is None
+            for m in found
+        ):
+            return None
+        return found
+
+
+def _self_attention_keys_values(module: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values ``[B, heads, S, head_dim]`` of audiocraft self-attention for input ``x`` ``[B, S, dim]``.
+
+    The packed projection audiocraft applies (``b t (p h d)``, p = q, k, v).
+    """
+    projected = torch.nn.functional.linear(x, module.in_proj_weight, module.in_proj_bias)
+    B, S, _ = projected.shape
+    heads = module.num_heads
+    packed = projected.view(B, S, 3, heads, projected.shape[-1] // (3 * heads))
+    return packed[:, :, 1].transpose(1, 2), packed[:, :, 2].transpose(1, 2)
+
+
+@contextlib.contextmanager
+def _continuing(
+    transformer: Any,
+    past: dict[Any, tuple[torch.Tensor, torch.Tensor]],
+    index: torch.Tensor,
+    split: int,
+) -> Iterator[None]:
+    """Run ``transformer`` on positions ``[split, ...)`` of rows whose earlier keys/values are ``past``.
+
+    ``past[m]`` holds self-attention module ``m``'s keys and values at
+    positions ``< split`` per clean sequence; row ``r`` uses sequence
+    ``index[r]``. Positions continue through the transformer's streaming
+    offsets (sinusoidal embeddings); each self-attention module's ``forward``
+    is replaced for the block by a continuation with PyTorch's fused attention
+    and restored afterwards, with the streaming state.
+    """
+    rows = index.shape[0]
+    try:
+        for module, (keys, values) in past.items():
+            module.forward = _continuation_forward(
+                module, keys.index_select(0, index), values.index_select(0, index)
+            )
+        with transformer.streaming():
+            transformer.set_streaming_state(
+                {"offsets": torch.full((rows,), split, dtype=torch.long, device=index.device)}
+            )
+            yield
+    finally:
+        for module in past:
+            module.__dict__.pop("forward", None)
+
+
+def _continuation_forward(module: Any, past_keys: torch.Tensor, past_values: torch.Tensor) -> Any:
+    """A ``forward`` for audiocraft self-attention that attends to ``past_*`` then causally to itself."""
+
+    def forward(query: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        projected = torch.nn.functional.linear(query, module.in_proj_weight, module.in_proj_bias)
+        B, L, _ = projected.shape
+        heads = module.num_heads
+        q, k, v = projected.view(B, L, 3, heads, projected.shape[-1] // (3 * heads)).permute(
+            2, 0, 3, 1, 4
+        )
+        k = torch.cat([past_keys.to(k.dtype), k], dim=2)
+        v = torch.cat([past_values.to(v.dtype), v], dim=2)
+        if module.attention_as_float32:
+            q, k, v = q.float(), k.float(), v.float()
+        S = k.shape[2]
+        # query i sits at position S - L + i and sees keys 0 .. S - L + i
+        mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(diagonal=S - L)
+        x = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=module.dropout if module.training else 0.0
+        )
+        x = x.to(query.dtype).transpose(1, 2).reshape(B, L, -1)
+        return module.out_proj(x), None
+
+    return forward

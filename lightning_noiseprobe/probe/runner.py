@@ -193,7 +193,7 @@ def score_nll(
     device: torch.device | str | None = None,
     forward_context: Callable[[], ContextManager[Any]] | None = None,
     progress: bool = False,
-    prefix_sharing: bool = False,
+    prefix_sharing: bool = True,
     skip_prefix_heads: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL of every clean clip and perturbed copy of a probe set (no analysis).
@@ -210,17 +210,17 @@ def score_nll(
         forward_context: overrides ``precision`` with a context factory (the
             callback passes ``trainer.precision_plugin.forward_context``).
         progress: show a progress bar.
-        prefix_sharing: run each clip's prefix once for the clip and all its
-            perturbed copies (same values as full scoring up to float
-            rounding). Off by default: on CPU its chunked continuation uses
-            audiocraft's einsum attention, measured slower than full scoring
-            with SDPA (see ``benchmarks/README.md``). Backends without
+        prefix_sharing: (default) run each clip's prefix once, in its clean
+            pass, and only the rest of each perturbed copy, attending to the
+            clean pass's keys and values (same values as full scoring up to
+            float rounding). Backends without
             :attr:`~lightning_noiseprobe.backends.base.ProbeBackend.supports_prefix_sharing`
-            score every sequence in full.
-        skip_prefix_heads: (default, full-sequence path) take a perturbed copy's
+            (or with ``False`` here) take the full-sequence path.
+        skip_prefix_heads: (full-sequence path, default on) take a perturbed copy's
             per-token NLL before its first differing frame (minus K) from its clean
             clip instead of evaluating the output heads there; exact. The
-            transformer still runs over the whole sequence.
+            transformer still runs over the whole sequence. ``prefix_sharing=False,
+            skip_prefix_heads=False`` scores every position of every sequence.
 
     Returns:
         ``(nll, mask)`` on CPU, ``[N, 1 + P, K, T]`` (index 0 of dim 1: the clean clip);
@@ -334,7 +334,7 @@ def score_probe_set(
     forward_context: Callable[[], ContextManager[Any]] | None = None,
     progress: bool = False,
     model_name: str | None = None,
-    prefix_sharing: bool = False,
+    prefix_sharing: bool = True,
     skip_prefix_heads: bool = True,
 ) -> ProbeResult:
     """Score a probe set and analyse every clean / perturbed pair.
