@@ -50,7 +50,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     # probe, the same forward passes on both ranks (FSDP-safe)
     rows = [r["probe_forward_rows"] for r in ranks]
     assert rows[0] == rows[1] and sum(rows[0]) == 2 * 2 * (1 + 3)
-    assert rows[0] == [1, 3] * 2 * 2  # per clip: its clean pass, then its 3 copies continued
+    # per probe: one clean pass of both clips, then their 6 copies continued in passes of 4
+    assert rows[0] == [2, 4, 2] * 2
 
     # one process, same final weights: the same metrics. The ranks ran with one
     # thread each; codec convolutions round differently with other thread counts,

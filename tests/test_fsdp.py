@@ -66,7 +66,8 @@ def test_two_process_fsdp2_probe_matches_single_process(tmp_path):
     # the same forward passes on both ranks (every layer all-gathers in each)
     rows = [r["probe_forward_rows"] for r in ranks]
     assert rows[0] == rows[1] and sum(rows[0]) == 2 * 2 * (1 + 3)
-    assert rows[0] == [1, 3] * 2 * 2  # per clip: its clean pass, then its 3 copies continued
+    # per probe: one clean pass of both clips, then their 6 copies continued in passes of 4
+    assert rows[0] == [2, 4, 2] * 2
     # gathering for the probe and resharding leaves training exactly as without the probe
     for with_probe, without in zip(ranks, plain, strict=True):
         assert len(with_probe["losses"]) == 4

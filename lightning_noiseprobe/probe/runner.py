@@ -140,11 +140,12 @@ def score_shared_prefix(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL of clean clips and their perturbed copies, sharing each clip's prefix.
 
-    Clips go in groups of ``max(1, batch_size // (1 + P))``, so one group's
-    clean prefixes fill a forward pass and the continuations run in passes of
-    at most ``batch_size`` rows: memory follows ``batch_size``, not the number
-    of clips. Each group shares the frames before its earliest differing frame
-    (computed here on the CPU copies, so nothing waits on the device).
+    Clips go in groups of ``batch_size``: one clean pass per group, then its
+    perturbed copies continue in passes of at most ``batch_size`` rows, so
+    memory follows ``batch_size`` (plus the group's prefix keys/values), not
+    the number of clips. Each group shares the frames before its earliest
+    differing frame (computed here on the CPU copies, so nothing waits on the
+    device).
 
     Args:
         clean: ``[N, K, T]`` codes.
@@ -162,7 +163,7 @@ def score_shared_prefix(
     clean_cpu, perturbed_cpu = clean.cpu(), perturbed.cpu()
     starts = first_differing_token(clean_cpu[:, None].expand_as(perturbed_cpu), perturbed_cpu)
     shared = starts.amin(-1).tolist() if P else [T] * N  # [N] python ints, before the loop
-    group = max(1, batch_size // (1 + P))
+    group = batch_size  # clips per clean pass; their copies continue in passes of batch_size rows
     nll_out: list[torch.Tensor] = []
     mask_out: list[torch.Tensor] = []
     with torch.no_grad():
