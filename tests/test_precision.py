@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from audio_fixtures import write_audio
@@ -21,6 +23,10 @@ SPEC = ProbeSpec(onset=60, lengths=(5, 20, 60), clip_seconds=4.0)
 # peak_height by 1e-4, and peak_mean by 0.04 (a region boundary can shift by a token).
 # The bounds leave 2.5x or more headroom.
 BOUNDS = {"clean_loss": 0.03, "delta_loss": 0.02, "peak_mean": 0.1, "peak_height": 0.1}
+# bf16-true (bf16 weights and residual stream) moves them much more, measured in a real
+# Trainer against fp32 scoring of the same weights: clean_loss 0.032, delta_loss 0.0065,
+# peak_mean 0.40, peak_height 0.11 (README, "Precision"). Bounds with 2.5x headroom.
+BF16_TRUE_BOUNDS = {"clean_loss": 0.08, "delta_loss": 0.02, "peak_mean": 1.0, "peak_height": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +55,79 @@ def test_bf16_metrics_close_to_fp32(tiny_backend, probe_set):
 def test_fp16_on_cpu_is_refused_with_advice():
     with pytest.raises(NoiseProbeError, match="Use bf16"):
         precision_context("16-mixed", "cpu")
+
+
+class _Codes(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.codes = torch.randint(0, 2048, (n, 4, 60), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"codes": self.codes[i]}
+
+
+@pytest.mark.parametrize(
+    ("precision", "expected"),
+    [("bf16-mixed", (True, torch.float32)), ("bf16-true", (False, torch.bfloat16))],
+)
+def test_callback_follows_the_trainers_precision(precision, expected, tmp_path):
+    """In a real Trainer the probe runs under the precision plugin: autocast for
+    bf16-mixed, bf16 weights for bf16-true; its metrics stay within the bounds
+    of an fp32 probe of the same weights, and the codec stays fp32."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from lightning_noiseprobe.backends.audiocraft import AudiocraftBackend
+    from lightning_noiseprobe.callback import NoiseProbeCallback
+    from lightning_noiseprobe.module import MusicGenLightningModule
+
+    d = tmp_path / "probe"
+    d.mkdir()
+    write_audio(d / "a.wav", 32000, 1, seconds=4.2)
+    write_audio(d / "b.flac", 48000, 2, seconds=4.2)
+    module = MusicGenLightningModule(model="tiny", lr=1e-3, warmup_steps=1, cfg_dropout=0.0)
+    seen: list[tuple[bool, torch.dtype]] = []
+    lm_pass = module.probe_backend._nll_at_positions
+
+    def spy(sequence, *args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), next(module.lm.parameters()).dtype))
+        return lm_pass(sequence, *args, **kwargs)
+
+    module.probe_backend._nll_at_positions = spy  # type: ignore[method-assign]
+    probe = NoiseProbeCallback(
+        probe_audio=d, spec=SPEC, batch_size=4, cache_dir="none", fatal=True, log_figures=False
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[probe],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(
+            module, DataLoader(_Codes(4, 0), batch_size=2), DataLoader(_Codes(2, 1), batch_size=2)
+        )
+    warned = any("precision='bf16-true'" in str(w.message) for w in caught)
+    assert warned == (precision == "bf16-true")  # the setup warning says what bf16-true costs
+    assert seen and set(seen) == {expected}
+    assert all(p.dtype == torch.float32 for p in module.codec.parameters())
+    (entry,) = probe.history
+    bounds = BOUNDS if precision == "bf16-mixed" else BF16_TRUE_BOUNDS
+
+    reference = AudiocraftBackend("tiny", seed=0).load()
+    reference.lm.load_state_dict({k: v.float() for k, v in module.lm.state_dict().items()})
+    fp32 = score_probe_set(reference, build_probe_set(reference, d, SPEC), precision="32")
+    for name in BOUNDS:
+        print(f"{precision} {name}: |diff| vs fp32 {abs(entry[name] - fp32.summary[name]):.5f}")
+    for name, bound in bounds.items():
+        assert abs(entry[name] - fp32.summary[name]) < bound, name
+    assert entry["clean_loss"] != fp32.summary["clean_loss"]  # it really ran in bf16
