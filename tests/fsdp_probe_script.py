@@ -102,6 +102,11 @@ def main() -> None:
         train_dataloaders=DataLoader(Codes(8, 0), batch_size=2),
         val_dataloaders=DataLoader(Codes(4, 1), batch_size=2),
     )
+    try:  # a sharded module cannot export by itself: it must say so, and write nothing
+        model.export(out / f"export_rank{trainer.global_rank}")
+        export_error = ""
+    except Exception as err:  # recorded for the test to check
+        export_error = f"{type(err).__name__}: {err}"
     full = get_model_state_dict(
         model.lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -119,6 +124,7 @@ def main() -> None:
         "seen": record.seen,
         "early_best": float(early.best_score) if with_probe else None,
         "probe_forward_rows": calls,
+        "export_error": export_error,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record_out))
     if rank == 0:

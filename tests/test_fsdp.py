@@ -52,6 +52,12 @@ def test_two_process_fsdp2_probe_matches_single_process(tmp_path):
         assert r["world_size"] == 2
         assert r["sharded_weight_type"] == "DTensor" and r["layer_weight_type"] == "DTensor"
     assert ranks[0]["weights_changed"]
+    # exporting a sharded module is refused with advice, and nothing is written
+    for r in ranks:
+        assert (
+            r["export_error"].startswith("NoiseProbeError") and "one process" in r["export_error"]
+        )
+    assert not list((tmp_path / "probe_on").glob("export_rank*"))
     # the probe ran every epoch without failing (fatal=True would have stopped the fit)
     h0, h1 = ranks[0]["history"], ranks[1]["history"]
     assert [h["epoch"] for h in h0] == [0, 1] and ranks[0]["failures"] == []
