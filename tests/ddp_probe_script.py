@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lightning_helpers import ProtocolModule
+from lightning_helpers import SHARDED_SPEC, ProtocolModule, count_lm_passes
 
 from lightning_noiseprobe.callback import NoiseProbeCallback
 
@@ -40,9 +40,7 @@ def main() -> None:
     pl.seed_everything(0)
     probe = NoiseProbeCallback(
         probe_audio=probe_dir,
-        onset=60,
-        lengths=(5, 20, 60),
-        clip_seconds=4.0,
+        **SHARDED_SPEC,
         batch_size=4,
         cache_dir="none",
     )
@@ -61,14 +59,7 @@ def main() -> None:
         num_sanity_val_steps=0,
     )
     model = ProtocolModule()
-    calls: list[int] = []  # rows per LM pass of the probe on this rank (clean, then continuations)
-    lm_pass = model.probe_backend._nll_at_positions
-
-    def counted(sequence, *args, **kwargs):
-        calls.append(int(sequence.shape[0]))
-        return lm_pass(sequence, *args, **kwargs)
-
-    model.probe_backend._nll_at_positions = counted
+    calls = count_lm_passes(model.probe_backend)  # rows per LM pass of the probe on this rank
     trainer.fit(model)
     rank = trainer.global_rank
     record = {

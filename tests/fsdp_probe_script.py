@@ -20,22 +20,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lightning_noiseprobe.callback import NoiseProbeCallback
 from lightning_noiseprobe.module import MusicGenLightningModule
 
-
-class Codes(Dataset):
-    def __init__(self, n: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.codes = torch.randint(0, 2048, (n, 4, 60), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"codes": self.codes[i]}
+sys.path.insert(0, str(Path(__file__).parent))
+from lightning_helpers import SHARDED_SPEC, CodeDicts, count_lm_passes
 
 
 class Record(Callback):
@@ -65,9 +56,7 @@ def main() -> None:
     callbacks: list[Callback] = [record]
     probe = NoiseProbeCallback(
         probe_audio=probe_dir,
-        onset=60,
-        lengths=(5, 20, 60),
-        clip_seconds=4.0,
+        **SHARDED_SPEC,
         batch_size=4,
         cache_dir="none",
         fatal=True,
@@ -89,18 +78,11 @@ def main() -> None:
     )
     model = MusicGenLightningModule(model="tiny", lr=1e-3, warmup_steps=1, cfg_dropout=0.0)
     initial = {k: v.clone() for k, v in model.lm.state_dict().items()}
-    calls: list[int] = []  # rows per LM pass of the probe on this rank (clean, then continuations)
-    lm_pass = model.probe_backend._nll_at_positions
-
-    def counted(sequence, *args, **kwargs):
-        calls.append(int(sequence.shape[0]))
-        return lm_pass(sequence, *args, **kwargs)
-
-    model.probe_backend._nll_at_positions = counted
+    calls = count_lm_passes(model.probe_backend)  # rows per LM pass of the probe on this rank
     trainer.fit(
         model,
-        train_dataloaders=DataLoader(Codes(8, 0), batch_size=2),
-        val_dataloaders=DataLoader(Codes(4, 1), batch_size=2),
+        train_dataloaders=DataLoader(CodeDicts(n=8, seed=0), batch_size=2),
+        val_dataloaders=DataLoader(CodeDicts(n=4, seed=1), batch_size=2),
     )
     try:  # a sharded module cannot export by itself: it must say so, and write nothing
         model.export(out / f"export_rank{trainer.global_rank}")

@@ -63,3 +63,72 @@ class ProtocolModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.lm.parameters(), lr=self.lr)
+
+
+class CodeDicts(CodesDataset):
+    """The same codes as batches of ``{"codes": ...}`` (MusicGenLightningModule's input)."""
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {"codes": self.codes[i]}
+
+
+def count_lm_passes(backend: AudiocraftBackend) -> list[int]:
+    """Record the rows of every LM pass the probe makes (clean passes and continuations)."""
+    calls: list[int] = []
+    lm_pass = backend._nll_at_positions
+
+    def counted(sequence, *args, **kwargs):
+        calls.append(int(sequence.shape[0]))
+        return lm_pass(sequence, *args, **kwargs)
+
+    backend._nll_at_positions = counted  # type: ignore[method-assign]
+    return calls
+
+
+# The spec of the multi-process tests, and what each rank of them checks.
+SHARDED_SPEC = {"onset": 60, "lengths": (5, 20, 60), "clip_seconds": 4.0}
+
+
+def assert_ranks_agree(ranks: list[dict]) -> None:
+    """Two ranks that probed 3 clips (batch 4) twice: same metrics, same monitor, same passes."""
+    import pytest
+
+    h0, h1 = ranks[0]["history"], ranks[1]["history"]
+    assert [h["epoch"] for h in h0] == [h["epoch"] for h in h1] == [0, 1]
+    for a, b in zip(h0, h1, strict=True):
+        for key in ("peak_sharpness", "delta_loss", "peak_mean", "clean_loss", "length_pearson"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    # EarlyStopping read the same monitored value on both ranks, equal to the probe's
+    assert ranks[0]["seen"] == pytest.approx(ranks[1]["seen"], abs=1e-6)
+    assert ranks[0]["seen"] == pytest.approx([h["peak_sharpness"] for h in h0], abs=1e-6)
+    assert ranks[0]["early_best"] == pytest.approx(ranks[1]["early_best"], abs=1e-6)
+    # sharded: 3 clips on 2 ranks -> 2 clips (one a padding repeat) x 4 sequences per rank per
+    # probe, the same passes on both ranks (FSDP layers all-gather in each): one clean pass
+    # of both clips, then their 6 copies continued in passes of 4
+    rows = [r["probe_forward_rows"] for r in ranks]
+    assert rows[0] == rows[1] == [2, 4, 2] * 2
+
+
+def assert_single_process_agrees(probe_dir, weights, last: dict) -> None:
+    """A single-process probe of the ranks' final LM weights gives their last metrics (to 1e-5).
+
+    The ranks ran with one thread each; codec convolutions round differently with
+    other thread counts, which can flip near-tied codebook choices, so match it here.
+    """
+    import pytest
+
+    from lightning_noiseprobe.probe import ProbeSpec, build_probe_set, score_probe_set
+    from lightning_noiseprobe.probe.probeset import clear_memory_cache
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clear_memory_cache()  # codes cached by other tests came from other thread counts
+        backend = AudiocraftBackend("tiny", seed=0).load()
+        backend.lm.load_state_dict(torch.load(weights, weights_only=True))
+        spec = ProbeSpec(**SHARDED_SPEC)
+        result = score_probe_set(backend, build_probe_set(backend, probe_dir, spec), batch_size=4)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("peak_sharpness", "delta_loss", "peak_mean", "clean_loss"):
+        assert result.summary[key] == pytest.approx(last[key], abs=1e-5), key

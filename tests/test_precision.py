@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from audio_fixtures import write_audio
+from lightning_helpers import CodeDicts
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.probe import (
@@ -57,18 +58,6 @@ def test_fp16_on_cpu_is_refused_with_advice():
         precision_context("16-mixed", "cpu")
 
 
-class _Codes(torch.utils.data.Dataset):
-    def __init__(self, n: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.codes = torch.randint(0, 2048, (n, 4, 60), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"codes": self.codes[i]}
-
-
 @pytest.mark.parametrize(
     ("precision", "expected"),
     [("bf16-mixed", (True, torch.float32)), ("bf16-true", (False, torch.bfloat16))],
@@ -114,7 +103,9 @@ def test_callback_follows_the_trainers_precision(precision, expected, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(
-            module, DataLoader(_Codes(4, 0), batch_size=2), DataLoader(_Codes(2, 1), batch_size=2)
+            module,
+            DataLoader(CodeDicts(n=4, seed=0), batch_size=2),
+            DataLoader(CodeDicts(n=2, seed=1), batch_size=2),
         )
     warned = any("precision='bf16-true'" in str(w.message) for w in caught)
     assert warned == (precision == "bf16-true")  # the setup warning says what bf16-true costs
