@@ -76,6 +76,13 @@ class NoiseProbeCallback(Callback):
     It is skipped during the sanity check and ``fast_dev_run``, and under
     ``trainer.validate()`` unless ``run_on_validate``.
 
+    Under DDP and FSDP2 (``ModelParallelStrategy`` with ``tensor_parallel_size=1``)
+    the clips are sharded across ranks with the same LM passes on each, the
+    per-token losses gathered, and every rank logs the same values; FSDP2
+    parameter groups the probe calls directly are gathered for it and resharded
+    afterwards. Under FSDP1 (``FSDPStrategy``) it runs inside the wrapped root's
+    forward (not verified on hardware). Tensor parallelism is refused.
+
     Args:
         probe_audio: folder(s) or files of clean probe clips. ``None`` takes
             ``trainer.datamodule.probe_files()``.
