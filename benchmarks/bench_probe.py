@@ -97,6 +97,56 @@ def _peak_memory(fn: Any, device: torch.device) -> int:
     return int(peak)
 
 
+def probe_work(backend: Any, ps: Any, batch_size: int) -> dict[str, Any]:
+    """Scored positions and estimated model FLOPs of one default (prefix-sharing) probe of ``ps``.
+
+    Linear layers: two FLOPs per weight per position run (every transformer
+    weight, except the cross-attention key/value projections, which run on the
+    condition only) plus the K output heads. Attention: ``4 * dim`` FLOPs per
+    (query, key) pair per layer (scores and weighted sum). The clean clips run
+    in full (``T (T + 1) / 2`` causal pairs); each perturbed copy runs its
+    ``L = T - split`` last positions over ``split + i`` keys, with ``split``
+    the first differing frame minus one, the earliest of its group of
+    ``batch_size`` clips (as ``score_shared_prefix`` groups them).
+    ``full_flops`` is the same count for full scoring of every sequence.
+    """
+    from audiocraft.modules.transformer import StreamingMultiheadAttention
+
+    from lightning_noiseprobe.functional.curves import first_differing_token
+
+    lm = backend.lm
+    N, P, K, T = ps.perturbed_codes.shape
+    attentions = [m for m in lm.transformer.modules() if isinstance(m, StreamingMultiheadAttention)]
+    dim = attentions[0].embed_dim
+    layers = len(lm.transformer.layers)
+    cross_kv = sum(2 * dim * dim for m in attentions if m.cross_attention)
+    linear = 2 * (sum(p.numel() for p in lm.transformer.parameters()) - cross_kv)
+    per_position = linear + 2 * K * dim * backend.cardinality
+
+    def causal_pairs(n: int) -> int:
+        return n * (n + 1) // 2
+
+    starts = first_differing_token(
+        ps.clean_codes[:, None].expand_as(ps.perturbed_codes), ps.perturbed_codes
+    )
+    first = starts.amin(-1).tolist() if P else [T] * N
+    positions_run, pairs = N * T, N * causal_pairs(T)
+    for g in range(0, N, batch_size):
+        group = first[g : g + batch_size]
+        split = max(0, min(min(group) - 1, T - 1))
+        L = T - split
+        positions_run += len(group) * P * L
+        pairs += len(group) * P * (L * split + causal_pairs(L))
+    attention = 4 * dim * layers
+    full = N * (1 + P)
+    return {
+        "K": K,
+        "positions": full * T,
+        "flops": per_position * positions_run + attention * pairs,
+        "full_flops": per_position * full * T + attention * full * causal_pairs(T),
+    }
+
+
 def _linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     """Least-squares ``y = slope * x + intercept`` and R^2."""
     n = len(xs)
@@ -209,10 +259,20 @@ def _manual_epoch(data_dir: Path, backend: Any, quick: bool) -> tuple[float, str
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clips", type=int, default=4, help="probe clips (default 4, the demo's)")
+    parser.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="probe clips (default 4, the demo's; 20 with --gpu-shape)",
+    )
     parser.add_argument("--quick", action="store_true", help="small settings for a smoke run")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="sequences per pass (default 8; 32 with --gpu-shape)",
+    )
     parser.add_argument(
         "--gpu-shape",
         action="store_true",
@@ -221,7 +281,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive reference loop")
     parser.add_argument("--skip-epoch", action="store_true", help="skip the training epoch")
+    parser.add_argument("--skip-growth", action="store_true", help="skip the growth series (d)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved repeats per variant (default 7; quick 2)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak dense TFLOP/s at the probe's precision, for MFU"
+        " (default: 989 on an H100/H200 in bf16; none elsewhere)",
+    )
     args = parser.parse_args(argv)
+    if args.clips is None:
+        args.clips = 20 if args.gpu_shape else 4
+    if args.batch_size is None:
+        args.batch_size = 32 if args.gpu_shape else 8
     if args.clips < 1 or args.batch_size < 1:
         parser.error("Expected `--clips` and `--batch-size` to be positive.")
 
@@ -239,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the paper's protocol: onset 250, lengths 5/10/50/100/150/200, white noise, 15 s clips
     spec = ProbeSpec(clip_seconds=6.0, onset=100, lengths=(5, 50)) if args.quick else ProbeSpec()
     counts = [1, 2, 4] if args.quick else [1, 2, 4, 8, 16]
-    repeats = 2 if args.quick else 7
+    repeats = args.repeats or (2 if args.quick else 7)
 
     tmp = Path(tempfile.mkdtemp(prefix="noiseprobe_bench_"))
     probe_dir = tmp / "probe"
@@ -331,6 +409,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{t_heads:.2f} s = {t_noprefix / t_heads:.2f}x vs off  (max |diff| {err_heads:.1e})",
         ),
     ]
+    work = probe_work(backend, ps, args.batch_size)
+    peak = args.peak_tflops
+    if peak is None and device.type == "cuda" and precision == "bf16":
+        name = torch.cuda.get_device_name(device)
+        peak = 989.0 if ("H100" in name or "H200" in name) else None  # dense bf16, SXM
+    achieved = work["flops"] / t_opt / 1e12
+    figures.update(
+        seconds_per_probe=t_opt,
+        positions_per_s=work["positions"] / t_opt,
+        model_tflop_per_probe=work["flops"] / 1e12,
+        full_scoring_tflop=work["full_flops"] / 1e12,
+        achieved_tflops=achieved,
+        peak_tflops=peak,
+        mfu=None if peak is None else achieved / peak,
+    )
+    rows += [
+        ("seconds per probe (optimized)", f"{t_opt:.3f} s"),
+        (
+            "scored positions per second",
+            f"{work['positions'] / t_opt:,.0f}  ({work['positions']:,} positions x {work['K']} codebooks)",
+        ),
+        (
+            "model FLOPs per probe (estimate)",
+            f"{work['flops'] / 1e12:.3f} TFLOP (full scoring: {work['full_flops'] / 1e12:.3f})",
+        ),
+        (
+            "achieved / MFU",
+            f"{achieved:.2f} TFLOP/s"
+            + (
+                "  (pass --peak-tflops for MFU)"
+                if peak is None
+                else f" = {100 * achieved / peak:.1f} % of {peak:g}"
+            ),
+        ),
+    ]
     if not args.skip_naive:
         t_naive = best["naive"]
         figures.update(
@@ -358,23 +471,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ]
 
     growth = []
-    for n in counts:
+    for n in [] if args.skip_growth else counts:
         paths = all_files[:n]
         probe(paths)  # tokenize once (cached), warm
         t, _ = _timed(lambda paths=paths: probe(paths), device, repeats)
         peak = _peak_memory(lambda paths=paths: probe(paths), device)
         growth.append({"clips": n, "seconds": t, "peak_bytes": peak})
-    slope, intercept, r2 = _linear_fit([g["clips"] for g in growth], [g["seconds"] for g in growth])
-    figures.update(
-        growth=growth, growth_fit={"slope_s_per_clip": slope, "intercept_s": intercept, "r2": r2}
-    )
-    mem = "cuda.max_memory_allocated" if device.type == "cuda" else "torch profiler"
-    rows.append(("(d) growth: clips", "time (s) | peak memory (MiB, " + mem + ")"))
-    for g in growth:
-        rows.append(
-            (f"    {g['clips']:>2}", f"{g['seconds']:7.2f} | {g['peak_bytes'] / 2**20:8.1f}")
+    if growth:
+        slope, intercept, r2 = _linear_fit(
+            [g["clips"] for g in growth], [g["seconds"] for g in growth]
         )
-    rows.append(("    linear fit", f"{slope:.3f} s/clip + {intercept:.3f} s, R^2 = {r2:.4f}"))
+        figures.update(
+            growth=growth,
+            growth_fit={"slope_s_per_clip": slope, "intercept_s": intercept, "r2": r2},
+        )
+        mem = "cuda.max_memory_allocated" if device.type == "cuda" else "torch profiler"
+        rows.append(("(d) growth: clips", "time (s) | peak memory (MiB, " + mem + ")"))
+        for g in growth:
+            rows.append(
+                (f"    {g['clips']:>2}", f"{g['seconds']:7.2f} | {g['peak_bytes'] / 2**20:8.1f}")
+            )
+        rows.append(("    linear fit", f"{slope:.3f} s/clip + {intercept:.3f} s, R^2 = {r2:.4f}"))
 
     width = max(len(k) for k, _ in rows)
     title = (
