@@ -264,14 +264,16 @@ class MusicGenLightningModule(pl.LightningModule):
     def configure_model(self) -> None:
         """Shard the LM with FSDP2 under ``ModelParallelStrategy(tensor_parallel_size=1)``.
 
-        Each transformer layer becomes its own group, then the LM takes the
-        rest (embeddings, output heads, condition provider); the frozen codec
-        stays whole on every rank. Nothing happens under other strategies.
+        audiocraft: each transformer layer becomes its own group, then the LM
+        takes the rest (embeddings, output heads, condition provider).
+        transformers: each decoder layer, then the decoder, and the text
+        projection. The frozen codec (and T5) stay whole on every rank.
+        Nothing happens under other strategies.
         Lightning calls this hook; :class:`NoiseProbeCallback` probes the
         sharded LM (see ``lightning_noiseprobe._sharding``).
 
         Raises:
-            NoiseProbeError: with tensor parallelism, or with the transformers backend.
+            NoiseProbeError: with tensor parallelism.
         """
         mesh = self._device_mesh
         if mesh is None:
@@ -286,16 +288,20 @@ class MusicGenLightningModule(pl.LightningModule):
                 f" MusicGenLightningModule but the tensor-parallel size is {mesh['tensor_parallel'].size()}."
                 " Pass ModelParallelStrategy(data_parallel_size=<devices>, tensor_parallel_size=1)."
             )
-        if isinstance(self._backend, TransformersBackend):
-            raise NoiseProbeError(
-                "Expected backend='audiocraft' under ModelParallelStrategy: FSDP2 sharding of the transformers"
-                " backend is not implemented. Use strategy='ddp' with backend='transformers'."
-            )
         dp = mesh["data_parallel"]
-        transformer: Any = self.lm.transformer
-        for layer in transformer.layers:
+        lm: Any = self.lm
+        if isinstance(self._backend, TransformersBackend):
+            # Only the parts that train: the decoder (its layers, then the rest) and the
+            # text projection, each called through its own forward. The frozen T5 and
+            # codec inside `lm` stay whole on every rank.
+            for layer in lm.decoder.model.decoder.layers:
+                fully_shard(layer, mesh=dp)
+            fully_shard(lm.decoder, mesh=dp)
+            fully_shard(lm.enc_to_dec_proj, mesh=dp)
+            return
+        for layer in lm.transformer.layers:
             fully_shard(layer, mesh=dp)
-        fully_shard(self.lm, mesh=dp)
+        fully_shard(lm, mesh=dp)
 
     # -- the probe protocol ---------------------------------------------------
     @property

@@ -6,7 +6,7 @@ Lightning re-launches this script for rank 1, so it must be a file. Each rank
 writes what it saw to OUT/rank<r>.json; rank 0 also writes the full final LM
 weights to OUT/lm.pt.
 
-Usage: python fsdp_probe_script.py PROBE_DIR OUT_DIR [--no-probe]
+Usage: python fsdp_probe_script.py PROBE_DIR OUT_DIR [--no-probe] [--transformers]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
 
     probe_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     with_probe = "--no-probe" not in sys.argv
+    backend = "transformers" if "--transformers" in sys.argv else "audiocraft"
     warnings.filterwarnings("ignore")
     pl.seed_everything(0)
     record = Record()
@@ -76,7 +77,9 @@ def main() -> None:
         callbacks=callbacks,
         num_sanity_val_steps=0,
     )
-    model = MusicGenLightningModule(model="tiny", lr=1e-3, warmup_steps=1, cfg_dropout=0.0)
+    model = MusicGenLightningModule(
+        backend=backend, model="tiny", lr=1e-3, warmup_steps=1, cfg_dropout=0.0
+    )
     initial = {k: v.clone() for k, v in model.lm.state_dict().items()}
     calls = count_lm_passes(model.probe_backend)  # rows per LM pass of the probe on this rank
     trainer.fit(
@@ -93,11 +96,15 @@ def main() -> None:
         model.lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     rank = trainer.global_rank
+    if backend == "transformers":
+        head, layer = model.lm.decoder.lm_heads[0], model.lm.decoder.model.decoder.layers[0]
+    else:
+        head, layer = model.lm.emb[0], model.lm.transformer.layers[0]
     record_out = {
         "rank": rank,
         "world_size": trainer.world_size,
-        "sharded_weight_type": type(model.lm.emb[0].weight).__name__,
-        "layer_weight_type": type(next(model.lm.transformer.layers[0].parameters())).__name__,
+        "sharded_weight_type": type(next(head.parameters())).__name__,
+        "layer_weight_type": type(next(layer.parameters())).__name__,
         # the full weights are gathered on rank 0 only (cpu_offload)
         "weights_changed": any(not torch.equal(full[k], initial[k]) for k in full),
         "losses": record.losses,

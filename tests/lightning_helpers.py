@@ -72,16 +72,18 @@ class CodeDicts(CodesDataset):
         return {"codes": self.codes[i]}
 
 
-def count_lm_passes(backend: AudiocraftBackend) -> list[int]:
-    """Record the rows of every LM pass the probe makes (clean passes and continuations)."""
+def count_lm_passes(backend) -> list[int]:
+    """Record the rows of every LM pass the probe makes (audiocraft: clean passes and
+    continuations; other backends: their full-sequence passes)."""
     calls: list[int] = []
-    lm_pass = backend._nll_at_positions
+    name = "_nll_at_positions" if hasattr(backend, "_nll_at_positions") else "token_nll_fast"
+    lm_pass = getattr(backend, name)
 
     def counted(sequence, *args, **kwargs):
         calls.append(int(sequence.shape[0]))
         return lm_pass(sequence, *args, **kwargs)
 
-    backend._nll_at_positions = counted  # type: ignore[method-assign]
+    setattr(backend, name, counted)
     return calls
 
 
@@ -89,8 +91,11 @@ def count_lm_passes(backend: AudiocraftBackend) -> list[int]:
 SHARDED_SPEC = {"onset": 60, "lengths": (5, 20, 60), "clip_seconds": 4.0}
 
 
-def assert_ranks_agree(ranks: list[dict]) -> None:
-    """Two ranks that probed 3 clips (batch 4) twice: same metrics, same monitor, same passes."""
+def assert_ranks_agree(ranks: list[dict], passes: list[int] | None = None) -> None:
+    """Two ranks that probed 3 clips (batch 4) twice: same metrics, same monitor, same passes.
+
+    ``passes``: the rows of each LM pass per probe (default: audiocraft's prefix sharing).
+    """
     import pytest
 
     h0, h1 = ranks[0]["history"], ranks[1]["history"]
@@ -106,10 +111,12 @@ def assert_ranks_agree(ranks: list[dict]) -> None:
     # probe, the same passes on both ranks (FSDP layers all-gather in each): one clean pass
     # of both clips, then their 6 copies continued in passes of 4
     rows = [r["probe_forward_rows"] for r in ranks]
-    assert rows[0] == rows[1] == [2, 4, 2] * 2
+    assert rows[0] == rows[1] == (passes or [2, 4, 2]) * 2
 
 
-def assert_single_process_agrees(probe_dir, weights, last: dict) -> None:
+def assert_single_process_agrees(
+    probe_dir, weights, last: dict, backend: str = "audiocraft"
+) -> None:
     """A single-process probe of the ranks' final LM weights gives their last metrics (to 1e-5).
 
     The ranks ran with one thread each; codec convolutions round differently with
@@ -117,6 +124,7 @@ def assert_single_process_agrees(probe_dir, weights, last: dict) -> None:
     """
     import pytest
 
+    from lightning_noiseprobe.backends import get_backend
     from lightning_noiseprobe.probe import ProbeSpec, build_probe_set, score_probe_set
     from lightning_noiseprobe.probe.probeset import clear_memory_cache
 
@@ -124,10 +132,10 @@ def assert_single_process_agrees(probe_dir, weights, last: dict) -> None:
     torch.set_num_threads(1)
     try:
         clear_memory_cache()  # codes cached by other tests came from other thread counts
-        backend = AudiocraftBackend("tiny", seed=0).load()
-        backend.lm.load_state_dict(torch.load(weights, weights_only=True))
+        loaded = get_backend(backend, model="tiny", seed=0).load()
+        loaded.lm.load_state_dict(torch.load(weights, weights_only=True))
         spec = ProbeSpec(**SHARDED_SPEC)
-        result = score_probe_set(backend, build_probe_set(backend, probe_dir, spec), batch_size=4)
+        result = score_probe_set(loaded, build_probe_set(loaded, probe_dir, spec), batch_size=4)
     finally:
         torch.set_num_threads(threads)
     for key in ("peak_sharpness", "delta_loss", "peak_mean", "clean_loss"):

@@ -68,6 +68,27 @@ def test_two_process_fsdp2_probe_matches_single_process(tmp_path):
     )
 
 
+def test_two_process_fsdp2_probe_of_the_transformers_backend(tmp_path):
+    """The transformers backend shards its decoder (layers, then the rest) and text
+    projection; the probe calls them through their own forward, so nothing is gathered
+    by hand, and the ranks still agree with each other and with one process."""
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    write_audio(probe_dir / "a.wav", 32000, 1, seconds=4.2)
+    write_audio(probe_dir / "b.ogg", 44100, 2, seconds=4.2)
+    write_audio(probe_dir / "c.flac", 48000, 1, seconds=4.2)
+    ranks = _run(probe_dir, tmp_path / "out", "--transformers")
+    for r in ranks:
+        assert r["sharded_weight_type"] == "DTensor" and r["layer_weight_type"] == "DTensor"
+        assert r["failures"] == [] and r["export_error"].startswith("NoiseProbeError")
+    assert ranks[0]["weights_changed"]
+    # no prefix sharing in this backend: 2 clips x 4 sequences in passes of 4 per probe
+    assert_ranks_agree(ranks, passes=[4, 4])
+    assert_single_process_agrees(
+        probe_dir, tmp_path / "out" / "lm.pt", ranks[0]["history"][-1], backend="transformers"
+    )
+
+
 def test_tensor_parallelism_is_refused_with_a_clear_message():
     from types import SimpleNamespace
 
