@@ -176,29 +176,32 @@ def test_lm_state_rng_and_mode_untouched(probe_set):
         assert np.array_equal(np.random.get_state()[1], np_rng)
 
 
-def test_memory_efficient_flags_restored_after_error(tiny_backend, monkeypatch):
+@pytest.mark.parametrize("fail_on_call", [1, 2])  # 1: the clean pass, 2: a continuation
+def test_lm_left_as_found_after_an_error(fail_on_call):
+    """No hook, no patched attention forward, no streaming state and the same
+    attention flags remain when scoring fails in the clean pass or a continuation."""
     from audiocraft.modules.transformer import StreamingMultiheadAttention
 
     backend = AudiocraftBackend("tiny").load()
-    flags = [
-        m.memory_efficient
-        for m in backend.lm.modules()
-        if isinstance(m, StreamingMultiheadAttention)
-    ]
+    attentions = [m for m in backend.lm.modules() if isinstance(m, StreamingMultiheadAttention)]
+    flags = [m.memory_efficient for m in attentions]
     assert any(flags)  # audiocraft's default: the test is meaningful
+    calls = []
+    real = backend._nll_at_positions
 
     def boom(*args, **kwargs):
-        raise RuntimeError("boom")
+        calls.append(1)
+        if len(calls) == fail_on_call:
+            assert any("forward" in m.__dict__ for m in attentions) == (fail_on_call == 2)
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(backend, "_nll_at_positions", boom)
+    backend._nll_at_positions = boom  # type: ignore[method-assign]
     codes = torch.zeros(1, 4, 20, dtype=torch.long)
     with pytest.raises(RuntimeError, match="boom"):
         backend.token_nll_shared_prefix(codes, codes[:, None], shared_frames=10)
-    assert [
-        m.memory_efficient
-        for m in backend.lm.modules()
-        if isinstance(m, StreamingMultiheadAttention)
-    ] == flags
+    assert [m.memory_efficient for m in attentions] == flags
+    assert not any("forward" in m.__dict__ or m._forward_pre_hooks for m in attentions)
     assert backend.lm.get_streaming_state() == {} and not backend.lm._is_streaming
 
 
