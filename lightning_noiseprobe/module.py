@@ -278,9 +278,11 @@ class MusicGenLightningModule(pl.LightningModule):
         mesh = self._device_mesh
         if mesh is None:
             return
-        from torch.distributed.fsdp import FSDPModule, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
-        if isinstance(self.lm, FSDPModule):
+        from lightning_noiseprobe._sharding import fsdp2_modules
+
+        if fsdp2_modules(self.lm):
             return  # already sharded (the hook may run again, e.g. fit then validate)
         if mesh["tensor_parallel"].size() != 1:
             raise NoiseProbeError(

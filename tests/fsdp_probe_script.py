@@ -87,6 +87,11 @@ def main() -> None:
         train_dataloaders=DataLoader(CodeDicts(n=8, seed=0), batch_size=2),
         val_dataloaders=DataLoader(CodeDicts(n=4, seed=1), batch_size=2),
     )
+    from lightning_noiseprobe._sharding import fsdp2_modules
+
+    groups = len(fsdp2_modules(model))
+    model.configure_model()  # Lightning may call it again (fit, then validate): no re-sharding
+    regroup = len(fsdp2_modules(model))
     try:  # a sharded module cannot export by itself: it must say so, and write nothing
         model.export(out / f"export_rank{trainer.global_rank}")
         export_error = ""
@@ -114,6 +119,7 @@ def main() -> None:
         "early_best": float(early.best_score) if with_probe else None,
         "probe_forward_rows": calls,
         "export_error": export_error,
+        "fsdp_groups": [groups, regroup],
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record_out))
     if rank == 0:

@@ -50,6 +50,8 @@ def test_two_process_fsdp2_probe_matches_single_process(tmp_path):
         assert r["world_size"] == 2
         assert r["sharded_weight_type"] == "DTensor" and r["layer_weight_type"] == "DTensor"
     assert ranks[0]["weights_changed"]
+    # 2 layers + the LM; configure_model run again leaves them as they are
+    assert ranks[0]["fsdp_groups"] == [3, 3]
     # exporting a sharded module is refused with advice, and nothing is written
     for r in ranks:
         assert (
@@ -82,6 +84,7 @@ def test_two_process_fsdp2_probe_of_the_transformers_backend(tmp_path):
         assert r["sharded_weight_type"] == "DTensor" and r["layer_weight_type"] == "DTensor"
         assert r["failures"] == [] and r["export_error"].startswith("NoiseProbeError")
     assert ranks[0]["weights_changed"]
+    assert ranks[0]["fsdp_groups"] == [4, 4]  # 2 decoder layers, the decoder, the projection
     # no prefix sharing in this backend: 2 clips x 4 sequences in passes of 4 per probe
     assert_ranks_agree(ranks, passes=[4, 4])
     assert_single_process_agrees(
