@@ -7,7 +7,7 @@ positive number of tokens but got 0.``
 
 from __future__ import annotations
 
-__all__ = ["NoiseProbeError"]
+__all__ = ["NoiseProbeError", "NonFiniteLossError"]
 
 
 class NoiseProbeError(ValueError):
@@ -19,4 +19,15 @@ class NoiseProbeError(ValueError):
     Traceback (most recent call last):
     ...
     lightning_noiseprobe._errors.NoiseProbeError: Expected argument `length` to be a positive number of tokens but got 0.
+    """
+
+
+class NonFiniteLossError(NoiseProbeError):
+    """Raised when per-token losses at valid positions are NaN or infinite.
+
+    Valid positions are masked already (delay-pattern padding, audio padding),
+    so a non-finite value there means the model's own outputs are not finite:
+    diverged weights, an fp16 overflow. :class:`~lightning_noiseprobe.callback.NoiseProbeCallback`
+    logs its metrics as NaN for such an epoch, so ``EarlyStopping(check_finite=True)``
+    stops the run with its own message.
     """

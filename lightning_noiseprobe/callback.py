@@ -23,14 +23,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe._errors import NoiseProbeError, NonFiniteLossError
 from lightning_noiseprobe.probe.spec import PAPER_LENGTHS, ProbeSpec
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["NoiseProbeCallback"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Metrics broken down per (noise, length) when ``log_per_length`` is on.
 PER_LENGTH_METRICS = (
@@ -82,6 +83,28 @@ class NoiseProbeCallback(Callback):
     parameter groups the probe calls directly are gathered for it and resharded
     afterwards. Under FSDP1 (``FSDPStrategy``) it runs inside the wrapped root's
     forward (not verified on hardware). Tensor parallelism is refused.
+
+    Failure policy (a probe never kills or corrupts the run):
+
+    - **Before training** (``on_fit_start``), every rank builds and validates the probe
+      set; a configuration error (no usable clip: too short, unreadable) raises one
+      :class:`NoiseProbeError` naming the files and the shortest usable clip
+      (:meth:`ProbeSpec.min_clip_seconds`), before any training step. A monitor of a
+      name this callback never logs is refused there too.
+    - **A transient failure at an epoch** (out of memory, a bad clip) warns, logs
+      ``<prefix>/probe_ok`` = 0 (1 on success), appends ``{"probe_ok": 0, "error": ...}``
+      to :attr:`history`, and training goes on. Monitors of this callback's metrics
+      (``EarlyStopping``, ``ModelCheckpoint``, in their default settings) see the last
+      successful probe's value in ``trainer.callback_metrics`` (not in the loggers, so
+      plots show a gap): a tie, which is never a new best and never resets patience
+      (it counts as an epoch without improvement). Before any success they see the worst
+      finite value for their mode, which any later real value beats. The same holds for
+      a monitored metric a successful probe could not compute (an empty region in every
+      clip).
+    - **Non-finite model outputs** (NaN/inf losses at valid positions) are not
+      transient: the metrics are logged as NaN, so ``EarlyStopping(check_finite=True)``
+      stops the run with its own message and ``ModelCheckpoint`` ranks the epoch last.
+    - ``fatal=True`` re-raises instead.
 
     Args:
         probe_audio: folder(s) or files of clean probe clips. ``None`` takes
@@ -181,22 +204,27 @@ class NoiseProbeCallback(Callback):
         self.max_clips = max_clips
         self.prefix = prefix
 
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []
         self.last_result: ProbeResult | None = None
         self._probe_set: ProbeSet | None = None
         self._audio_files: list[str] | None = None
+        self._last_logged: dict[str, float] = {}
         self._layout_written = False
         self._audio_logged = False
+        self._warned_no_tb = False
 
     # ------------------------------------------------------------------ identity / state
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix, spec=self.spec.hash())
+        # What identifies the instance is the metric names it logs (two probes in one
+        # trainer need different prefixes), not its spec: a changed spec must still get
+        # its saved state back, so that load_state_dict can report the change.
+        return self._generate_state_key(prefix=self.prefix)
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": 2,
             "spec_hash": self.spec.hash(),
             "spec": self.spec.to_dict(),
             "history": list(self.history),
@@ -204,15 +232,82 @@ class NoiseProbeCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("spec_hash")
+        history = [dict(h) for h in state_dict.get("history", [])]
+        for entry in history:  # version 1 entries carry no hash of their own
+            if saved is not None:
+                entry.setdefault("spec_hash", saved)
+            entry.setdefault("probe_ok", 1)
         if saved is not None and saved != self.spec.hash():
             rank_zero_warn(
-                f"NoiseProbeCallback: the probe spec changed since the checkpoint (was {saved}, now {self.spec.hash()});"
-                f" the {len(state_dict.get('history', []))} earlier probes were made with {state_dict.get('spec')} and are"
-                " kept in `history` under 'spec_hash'. Compare metrics across the change with care."
+                f"NoiseProbeCallback: the probe spec changed since the checkpoint (was {saved}, now"
+                f" {self.spec.hash()}); the {len(history)} earlier probes were made with"
+                f" {state_dict.get('spec')} and are kept in `history`, each tagged with its 'spec_hash'."
+                " Metrics before and after the change are not comparable; monitors see only the new"
+                " spec's values."
             )
-            self.history = [dict(h, spec_hash=saved) for h in state_dict.get("history", [])]
-        else:
-            self.history = list(state_dict.get("history", []))
+        self.history = history
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Checkpoints written before state_key dropped the spec hash store this
+        # callback's state under "NoiseProbeCallback{'prefix': ..., 'spec': ...}".
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        legacy = f"{type(self).__qualname__}{{'prefix': {self.prefix!r}, 'spec': "
+        for key, state in states.items():
+            if isinstance(key, str) and key.startswith(legacy) and state:
+                self.load_state_dict(state)
+                return
+
+    # ------------------------------------------------------------------ failure policy
+    @property
+    def _ok_key(self) -> str:
+        return f"{self.prefix}/probe_ok"
+
+    def _monitored(self, trainer: pl.Trainer) -> dict[str, str]:
+        """``{metric: mode}`` for every callback (EarlyStopping, ModelCheckpoint, ...)
+        that monitors one of this callback's metrics."""
+        out: dict[str, str] = {}
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            key = getattr(cb, "monitor", None)
+            if isinstance(key, str) and key.startswith(f"{self.prefix}/") and key != self._ok_key:
+                out.setdefault(key, str(getattr(cb, "mode", "min")))
+        return out
+
+    def _last_good(self, key: str) -> float | None:
+        """The value of ``key`` at the last successful probe of the current spec."""
+        if key in self._last_logged:
+            return self._last_logged[key]
+        name = key[len(self.prefix) + 1 :]  # after a resume: the summary metrics in history
+        spec = self.spec.hash()
+        for entry in reversed(self.history):
+            if entry.get("probe_ok", 1) and entry.get("spec_hash", spec) == spec:
+                value = entry.get(name)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    return float(value)
+        return None
+
+    def _hold_monitored(self, trainer: pl.Trainer, keys: Sequence[str] | None = None) -> list[str]:
+        """Give monitors a neutral value for metrics this epoch did not produce.
+
+        The value is the last successful probe's (a tie: never a new best, never an
+        improvement that resets patience), or, before any success, the worst finite value
+        for the monitor's mode (any later real value beats it). It goes to
+        ``trainer.callback_metrics`` only, never to the loggers, so plots show a gap.
+        """
+        held = []
+        for key, mode in self._monitored(trainer).items():
+            if keys is not None and key not in keys:
+                continue
+            value = self._last_good(key)
+            if value is None:
+                worst = torch.finfo(torch.float32).max
+                value = -worst if mode == "max" else worst
+            trainer.callback_metrics[key] = torch.tensor(value, dtype=torch.float32)
+            held.append(key)
+        return held
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -220,6 +315,63 @@ class NoiseProbeCallback(Callback):
         self._check_strategy(trainer)
         if self._audio_files is None:
             self._audio_files = self._resolve_audio(trainer)
+
+    def metric_names(self) -> list[str]:
+        """Every metric this callback can log (``<prefix>/<name>``), for monitors to choose from."""
+        from lightning_noiseprobe.probe.result import SUMMARY_METRICS
+
+        names = [f"{self.prefix}/{k}" for k in (*SUMMARY_METRICS, "probe_ok")]
+        if self.log_per_length:
+            names += [
+                f"{self.prefix}/{p.group}/len{p.length}/{m}"
+                for p in self.spec.perturbations()
+                for m in PER_LENGTH_METRICS
+            ]
+        return names
+
+    def _check_monitors(self, trainer: pl.Trainer) -> None:
+        """A monitor of a name this callback never logs would only ever see held values: refuse it."""
+        import difflib
+
+        known = set(self.metric_names())
+        for key in self._monitored(trainer):
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=3)
+                raise NoiseProbeError(
+                    f"A callback monitors {key!r}, which NoiseProbeCallback(prefix={self.prefix!r}) never"
+                    f" logs. Did you mean {close or sorted(known)[:5]}? See NoiseProbeCallback.metric_names()."
+                )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Build and validate the probe set before the first training step, on every rank.
+
+        Configuration errors (no usable clip, unreadable files) then end the run before
+        any training, with one message; ranks agree first, so none is left waiting.
+        """
+        if getattr(trainer, "fast_dev_run", False):
+            return
+        self._check_monitors(trainer)
+        error: BaseException | None = None
+        try:
+            self._run_probe(
+                trainer, pl_module, lambda backend, _: self._ensure_probe_set(trainer, backend)
+            )
+        except Exception as err:
+            error = err
+        ok = trainer.strategy.reduce_boolean_decision(error is None, all=True)
+        if error is not None:
+            if isinstance(error, NoiseProbeError):
+                raise error
+            raise NoiseProbeError(
+                f"NoiseProbeCallback could not prepare the probe set before training"
+                f" ({type(error).__name__}: {error}); training has not started. Fix the cause, or"
+                " lower `batch_size` / `max_clips` if memory ran out."
+            ) from error
+        if not ok:
+            raise NoiseProbeError(
+                "NoiseProbeCallback could not prepare the probe set on another rank (its error is in"
+                " that rank's log); training has not started."
+            )
 
     @staticmethod
     def _check_strategy(trainer: pl.Trainer) -> None:
@@ -312,27 +464,32 @@ class NoiseProbeCallback(Callback):
             return
         started = time.perf_counter()
         try:
-            result = self._run_probe(trainer, pl_module)
+            result = self._run_probe(
+                trainer, pl_module, lambda backend, device: self._probe(trainer, backend, device)
+            )
         except Exception as err:
-            self.failures.append(
-                {"epoch": trainer.current_epoch, "step": trainer.global_step, "error": repr(err)}
-            )
-            if self.fatal:
-                raise
-            rank_zero_warn(
-                f"NoiseProbeCallback: the probe failed at epoch {trainer.current_epoch} ({type(err).__name__}: {err});"
-                " this epoch has no noiseprobe metrics and training goes on unchanged. Pass fatal=True to stop instead."
-            )
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            self._on_failure(trainer, pl_module, err)
             return
         seconds = time.perf_counter() - started
         self.last_result = result
-        self._log_metrics(pl_module, result)
+        logged = self._metrics_to_log(result)
+        self._log_metrics(pl_module, {**logged, self._ok_key: 1.0})
+        self._last_logged.update(logged)
+        held = self._hold_monitored(
+            trainer, [k for k in self._monitored(trainer) if k not in logged]
+        )
+        if held:
+            rank_zero_warn(
+                f"NoiseProbeCallback: {held} had no finite value at epoch {trainer.current_epoch} (an empty"
+                " region in every clip, or a correlation over one length); the monitors see the last"
+                " probe's value instead."
+            )
         entry = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             "seconds": seconds,
+            "probe_ok": 1,
+            "spec_hash": self.spec.hash(),
             **result.summary,
         }
         self.history.append(entry)
@@ -343,7 +500,61 @@ class NoiseProbeCallback(Callback):
             f" delta_loss={result.summary.get('delta_loss', math.nan):+.4f} ({seconds:.1f} s)"
         )
 
-    def _run_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeResult:
+    def _on_failure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, err: BaseException
+    ) -> None:
+        """The failure policy: record, warn, and keep the monitors working (see the class docstring)."""
+        epoch = trainer.current_epoch
+        self.failures.append({"epoch": epoch, "step": trainer.global_step, "error": repr(err)})
+        self.history.append(
+            {
+                "epoch": epoch,
+                "step": trainer.global_step,
+                "probe_ok": 0,
+                "spec_hash": self.spec.hash(),
+                "error": f"{type(err).__name__}: {err}",
+            }
+        )
+        if self.fatal:
+            raise err
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if isinstance(err, NonFiniteLossError):
+            from lightning_noiseprobe.probe.result import SUMMARY_METRICS
+
+            # Not transient: the model itself is broken. Log NaN so that monitors treat the
+            # epoch as non-finite (EarlyStopping(check_finite=True) stops the run with its own
+            # message; ModelCheckpoint ranks NaN last).
+            names = [f"{self.prefix}/{k}" for k in SUMMARY_METRICS] + list(self._monitored(trainer))
+            self._log_metrics(pl_module, {**dict.fromkeys(names, math.nan), self._ok_key: 0.0})
+            rank_zero_warn(
+                f"NoiseProbeCallback: the model's outputs are NaN/inf at epoch {epoch} ({err}). Its"
+                f" noiseprobe metrics are logged as NaN, so EarlyStopping(check_finite=True) stops the run."
+            )
+            return
+        self._log_metrics(pl_module, {self._ok_key: 0.0})
+        held = self._hold_monitored(trainer)
+        rank_zero_warn(
+            f"NoiseProbeCallback: the probe failed at epoch {epoch} ({type(err).__name__}: {err});"
+            f" training goes on unchanged. {self._ok_key} is logged as 0 and the failure is in `history`."
+            + (
+                f" The monitors of {held} see the last successful probe's value (or, before any, the"
+                " worst value), so this epoch is never a new best and never resets patience."
+                if held
+                else ""
+            )
+            + " Pass fatal=True to stop instead."
+        )
+
+    def _run_probe(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        work: Callable[[ProbeBackend, torch.device], _T],
+    ) -> _T:
+        """Run ``work(backend, device)`` the way every probe step runs: under no_grad, eval mode
+        (every submodule's mode restored afterwards), isolated RNGs, and with sharded
+        weights gathered."""
         from lightning.pytorch.utilities.seed import isolate_rng
 
         from lightning_noiseprobe._sharding import run_in_root_forward, unsharded
@@ -364,18 +575,13 @@ class NoiseProbeCallback(Callback):
                 torch.no_grad(),
                 unsharded(pl_module, used),
             ):
-                return run_in_root_forward(
-                    trainer, pl_module, used, lambda: self._probe(trainer, backend, device)
-                )
+                return run_in_root_forward(trainer, pl_module, used, lambda: work(backend, device))
         finally:
             for module, training in modes.items():
                 module.train(training)
 
-    def _probe(
-        self, trainer: pl.Trainer, backend: ProbeBackend, device: torch.device
-    ) -> ProbeResult:
+    def _ensure_probe_set(self, trainer: pl.Trainer, backend: ProbeBackend) -> ProbeSet:
         from lightning_noiseprobe.probe.probeset import build_probe_set, default_cache_dir
-        from lightning_noiseprobe.probe.runner import precision_context, score_probe_set
 
         if self._probe_set is None:
             if self._audio_files is None:
@@ -396,6 +602,14 @@ class NoiseProbeCallback(Callback):
                 rank_zero_warn(
                     f"NoiseProbeCallback: skipped probe clip {skipped['path']}: {skipped['reason']}"
                 )
+        return self._probe_set
+
+    def _probe(
+        self, trainer: pl.Trainer, backend: ProbeBackend, device: torch.device
+    ) -> ProbeResult:
+        from lightning_noiseprobe.probe.runner import precision_context, score_probe_set
+
+        probe_set = self._ensure_probe_set(trainer, backend)
         if self.precision is None:
             ctx = trainer.precision_plugin.forward_context
         else:
@@ -404,7 +618,7 @@ class NoiseProbeCallback(Callback):
             return self._score_sharded(trainer, backend, ctx, device)
         return score_probe_set(
             backend,
-            self._probe_set,
+            probe_set,
             batch_size=self.batch_size,
             device=device,
             forward_context=ctx,
@@ -470,18 +684,35 @@ class NoiseProbeCallback(Callback):
                             out[f"{self.prefix}/{group}/len{length}/{name}"] = float(value)
         return out
 
-    def _log_metrics(self, pl_module: pl.LightningModule, result: ProbeResult) -> None:
+    @staticmethod
+    def _log_metrics(pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
         # Every rank analysed the same gathered curves, so the values are already identical:
         # no sync_dist (which would average per-rank means) and no rank_zero_only (not monitorable).
-        for name, value in self._metrics_to_log(result).items():
+        for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
 
     def _tensorboard(self, trainer: pl.Trainer) -> Any:
+        """The SummaryWriter of the trainer's TensorBoard logger, from either Lightning package
+        (``lightning.pytorch`` or ``pytorch_lightning``); ``None`` (warned once) if it has none."""
+        import importlib
+        import sys
+
         from lightning.pytorch.loggers import TensorBoardLogger
 
+        kinds: tuple[type, ...] = (TensorBoardLogger,)
+        if "pytorch_lightning" in sys.modules:  # the user's trainer may come from this package
+            kinds += (importlib.import_module("pytorch_lightning.loggers").TensorBoardLogger,)
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
+            if isinstance(logger, kinds):
+                return logger.experiment  # type: ignore[attr-defined]
+        if trainer.loggers and (self.log_figures or self.log_audio) and not self._warned_no_tb:
+            self._warned_no_tb = True
+            rank_zero_warn(
+                "NoiseProbeCallback: figures and audio examples go to a TensorBoardLogger, and this"
+                f" trainer has none ({[type(x).__name__ for x in trainer.loggers]}); the scalars are"
+                " logged to every logger. Add a TensorBoardLogger, or pass log_figures=False,"
+                " log_audio=False to silence this."
+            )
         return None
 
     def _log_tensorboard(self, trainer: pl.Trainer, result: ProbeResult) -> None:

@@ -59,7 +59,7 @@ class EpochTable(Callback):
         for cb in trainer.callbacks:
             history = getattr(cb, "history", None)
             if history and history[-1].get("epoch") == trainer.current_epoch:
-                row["probe_seconds"] = float(history[-1]["seconds"])
+                row["probe_seconds"] = float(history[-1].get("seconds", float("nan")))
         self.rows.append(row)
 
     def format(self) -> str:

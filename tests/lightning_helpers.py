@@ -24,45 +24,52 @@ class CodesDataset(Dataset):
         return self.codes[i]
 
 
-class ProtocolModule(pl.LightningModule):
-    """A user's own module following the documented probe protocol."""
+def make_protocol_module(base: type) -> type:
+    """A user's own module following the documented probe protocol, on ``base``
+    (``lightning.pytorch.LightningModule`` or ``pytorch_lightning.LightningModule``)."""
 
-    def __init__(self, lr: float = 1e-3, dropout: float = 0.1):
-        super().__init__()
-        self._backend = AudiocraftBackend("tiny", seed=0).load()
-        self.lm = self._backend.lm
-        self.codec = self._backend.codec
-        self.lr = lr
-        self.dropout = torch.nn.Dropout(dropout)  # uses the global RNG: any RNG leak shows up
-        self.train_losses: list[float] = []
+    class ProtocolModule(base):  # type: ignore[misc, valid-type]
+        def __init__(self, lr: float = 1e-3, dropout: float = 0.1):
+            super().__init__()
+            self._backend = AudiocraftBackend("tiny", seed=0).load()
+            self.lm = self._backend.lm
+            self.codec = self._backend.codec
+            self.lr = lr
+            self.dropout = torch.nn.Dropout(dropout)  # uses the global RNG: any RNG leak shows up
+            self.train_losses: list[float] = []
 
-    @property
-    def probe_backend(self) -> AudiocraftBackend:
-        return self._backend
+        @property
+        def probe_backend(self) -> AudiocraftBackend:
+            return self._backend
 
-    def _loss(self, codes: torch.Tensor) -> torch.Tensor:
-        logits, mask = self._backend.lm_logits(codes)
-        logits = self.dropout(logits)
-        nll, mask = token_nll_from_logits(logits, codes, mask)
-        return codebook_cross_entropy(nll, mask)[0]
+        def _loss(self, codes: torch.Tensor) -> torch.Tensor:
+            logits, mask = self._backend.lm_logits(codes)
+            logits = self.dropout(logits)
+            nll, mask = token_nll_from_logits(logits, codes, mask)
+            return codebook_cross_entropy(nll, mask)[0]
 
-    def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self.train_losses.append(float(loss))
-        self.log("train/ce", loss, batch_size=batch.shape[0])
-        return loss
+        def training_step(self, batch, batch_idx):
+            loss = self._loss(batch)
+            self.train_losses.append(float(loss))
+            self.log("train/ce", loss, batch_size=batch.shape[0])
+            return loss
 
-    def validation_step(self, batch, batch_idx):
-        self.log("val/ce", self._loss(batch), batch_size=batch.shape[0])
+        def validation_step(self, batch, batch_idx):
+            self.log("val/ce", self._loss(batch), batch_size=batch.shape[0])
 
-    def train_dataloader(self):
-        return DataLoader(CodesDataset(), batch_size=4, shuffle=True)
+        def train_dataloader(self):
+            return DataLoader(CodesDataset(), batch_size=4, shuffle=True)
 
-    def val_dataloader(self):
-        return DataLoader(CodesDataset(n=4, seed=1), batch_size=4)
+        def val_dataloader(self):
+            return DataLoader(CodesDataset(n=4, seed=1), batch_size=4)
 
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.lm.parameters(), lr=self.lr)
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.lm.parameters(), lr=self.lr)
+
+    return ProtocolModule
+
+
+ProtocolModule = make_protocol_module(pl.LightningModule)
 
 
 class CodeDicts(CodesDataset):

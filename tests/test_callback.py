@@ -129,44 +129,6 @@ def test_metrics_monitored_logged_and_modes_restored(probe_dir, tmp_path):
     assert resumed_probe.history[0]["peak_sharpness"] == pytest.approx(sharp[0])
 
 
-def test_changed_spec_is_reported_on_resume(probe_dir, tmp_path):
-    probe = _probe(probe_dir, tmp_path)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "c", save_last=True)
-    _trainer(tmp_path, [probe, ckpt], max_epochs=1).fit(ProtocolModule())
-    other = NoiseProbeCallback(
-        probe_audio=probe_dir,
-        cache_dir=tmp_path / "cache",
-        onset=60,
-        lengths=(5, 20),
-        clip_seconds=4.0,
-    )
-    with pytest.warns(UserWarning, match="probe spec changed"):
-        other.load_state_dict(probe.state_dict())
-    assert other.history[0]["spec_hash"] == probe.spec.hash()
-
-
-def test_probe_failure_warns_and_training_continues(probe_dir, tmp_path, monkeypatch):
-    import lightning_noiseprobe.probe.runner as runner
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("CUDA out of memory (simulated)")
-
-    monkeypatch.setattr(runner, "score_probe_set", boom)
-    pl.seed_everything(0)
-    model = ProtocolModule()
-    probe = _probe(probe_dir, tmp_path)
-    trainer = _trainer(tmp_path, [probe], max_epochs=2)
-    with pytest.warns(UserWarning, match="probe failed at epoch 0"):
-        trainer.fit(model)
-    assert len(model.train_losses) == 4 and not probe.history and len(probe.failures) == 2
-    assert not any(k.startswith("noiseprobe/") for k in trainer.callback_metrics)
-    assert model.training  # modes restored even on failure
-
-    fatal = _probe(probe_dir, tmp_path, fatal=True)
-    with pytest.raises(RuntimeError, match="simulated"):
-        _trainer(tmp_path, [fatal], max_epochs=1).fit(ProtocolModule())
-
-
 def test_validate_and_fast_dev_run_are_skipped_unless_asked(probe_dir, tmp_path):
     model = ProtocolModule()
     probe = _probe(probe_dir, tmp_path)

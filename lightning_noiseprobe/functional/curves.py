@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe._errors import NoiseProbeError, NonFiniteLossError
 
 __all__ = [
     "METRIC_NAMES",
@@ -71,9 +71,10 @@ def _check_finite(name: str, t: torch.Tensor, mask: torch.Tensor | None = None) 
     values = t if mask is None else t[mask]
     if not torch.isfinite(values).all():
         bad = int((~torch.isfinite(values)).sum())
-        raise NoiseProbeError(
-            f"Expected argument `{name}` to hold finite values but got {bad} NaN/inf entries."
-            " Check the model's outputs (invalid delay-pattern positions must be masked)."
+        raise NonFiniteLossError(
+            f"Expected argument `{name}` to hold finite values but got {bad} NaN/inf entries at valid"
+            " positions: the model's outputs are not finite (diverged weights or activations, an fp16"
+            " overflow). Check the model; lower the learning rate or train in bf16/fp32."
         )
 
 

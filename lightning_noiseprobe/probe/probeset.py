@@ -336,7 +336,7 @@ def build_probe_set(
     frame_rate = float(backend.frame_rate)
     sr = int(backend.sample_rate)
     max_samples = round(spec.clip_seconds * sr)
-    min_tokens = spec.max_window_end + spec.margin
+    min_tokens = spec.min_tokens
 
     sources = _iter_sources(audio, descriptions)
     iterator: Iterable[Any] = sources
@@ -396,9 +396,13 @@ def build_probe_set(
         pert_list.append(pert_codes)
 
     if not clips:
-        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+        shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         raise NoiseProbeError(
-            f"Expected at least one usable probe clip but all {len(skipped)} were skipped ({reasons})."
+            f"Expected at least one usable probe clip but all {len(skipped)} were skipped ({shown}{more})."
+            f" This spec needs readable clips of at least {spec.min_clip_seconds(frame_rate):.2f} s"
+            f" ({min_tokens} tokens at {frame_rate:g} Hz: onset + longest window + {spec.margin}-token"
+            f" margin), and crops them to clip_seconds={spec.clip_seconds:g}."
         )
     T = max(c.shape[-1] for c in clean_list)
     clean = torch.stack([torch.nn.functional.pad(c, (0, T - c.shape[-1])) for c in clean_list])

@@ -150,6 +150,19 @@ class ProbeSpec:
         """The largest ``onset + length`` over all perturbations, in tokens."""
         return max(p.onset + p.length for p in self.perturbations())
 
+    @property
+    def min_tokens(self) -> int:
+        """Tokens a clip needs: the largest window end plus the detection margin."""
+        return self.max_window_end + self.margin
+
+    def min_clip_seconds(self, frame_rate: float) -> float:
+        """The shortest usable clip, in seconds, at the model's ``frame_rate``.
+
+        >>> ProbeSpec().min_clip_seconds(50.0)  # onset 250 + length 200 + margin 5 tokens
+        9.1
+        """
+        return self.min_tokens / float(frame_rate)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
