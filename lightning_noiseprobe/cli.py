@@ -16,7 +16,6 @@ and leaves no partial output file behind.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -29,20 +28,6 @@ from lightning_noiseprobe._errors import NoiseProbeError
 __all__ = ["main"]
 
 EXIT_USAGE = 2
-
-_INDEX_COLUMNS = {
-    "",
-    "index",
-    "idx",
-    "token",
-    "tokens",
-    "t",
-    "frame",
-    "frames",
-    "step",
-    "position",
-    "unnamed: 0",
-}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -218,61 +203,15 @@ def _cmd_shuffle(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- analyze
-def read_loss_csv(path: str) -> list[float]:
-    """Per-token losses from a CSV with a header and one row per token.
-
-    Uses the ``loss`` column if present, otherwise the mean of the numeric
-    columns other than an index column (``index``, ``token``, ``t``, ``frame``, ...).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise NoiseProbeError(f"Could not read CSV file '{path}': no such file.")
-    try:
-        with p.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise NoiseProbeError(f"Could not read CSV file '{path}': {err}.") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if len(rows) < 2:
-        raise NoiseProbeError(
-            f"Expected CSV file '{path}' to have a header and at least one row but got {len(rows)} line(s)."
-        )
-    header = [h.strip() for h in rows[0]]
-    body = rows[1:]
-    lower = [h.lower() for h in header]
-    if "loss" in lower:
-        columns = [lower.index("loss")]
-    else:
-        columns = [i for i, h in enumerate(lower) if h not in _INDEX_COLUMNS]
-    if not columns:
-        raise NoiseProbeError(
-            f"Expected CSV file '{path}' to have a `loss` column or numeric loss columns but got only {header}."
-        )
-    values: list[float] = []
-    for line_no, row in enumerate(body, start=2):
-        try:
-            cells = [float(row[i]) for i in columns]
-        except (ValueError, IndexError):
-            raise NoiseProbeError(
-                f"Expected numeric values in columns {[header[i] for i in columns]} of '{path}' line {line_no} but got {row}."
-            ) from None
-        value = sum(cells) / len(cells)
-        if not math.isfinite(value):
-            raise NoiseProbeError(
-                f"Expected finite losses in '{path}' but line {line_no} holds {row}."
-            )
-        values.append(value)
-    return values
-
-
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import torch
 
     from lightning_noiseprobe._io import atomic_write_json
+    from lightning_noiseprobe.csvio import read_loss_csv
     from lightning_noiseprobe.functional.curves import analyze_curves
 
-    clean = read_loss_csv(args.clean)
-    perturbed = read_loss_csv(args.perturbed)
+    clean = read_loss_csv(args.clean, args.column)
+    perturbed = read_loss_csv(args.perturbed, args.column)
     if len(clean) != len(perturbed):
         raise NoiseProbeError(
             f"Expected --clean '{args.clean}' and --perturbed '{args.perturbed}' to have the same number of tokens"
@@ -579,10 +518,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "analyze",
         help="detect regions in per-token loss CSVs",
-        description="Compare clean and perturbed per-token loss curves (CSV, header + one row per token).",
+        description="Compare clean and perturbed per-token loss curves (CSV, one row per token)."
+        " The loss column is `loss`, else `avg_loss_value` (the paper authors' format"
+        " token_position,avg_loss_value), else the only column that is not an index;"
+        " a header-less file is one column or one row of losses.",
     )
     p.add_argument("--clean", required=True, metavar="CLEAN.csv")
     p.add_argument("--perturbed", required=True, metavar="PERTURBED.csv")
+    p.add_argument(
+        "--column",
+        metavar="NAME",
+        default=None,
+        help="loss column of both CSVs: a name, or a 1-based number; comma-separated"
+        " columns are averaged per row (default: chosen by the rules above)",
+    )
     p.add_argument("--onset", type=int, default=250, help="injection onset token (default 250)")
     p.add_argument(
         "--length",
