@@ -116,6 +116,26 @@ def _add_level_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_regions_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--regions",
+        choices=("default", "authors"),
+        default="default",
+        help="region rule: this project's (default) or the paper authors' Fig. 4 code, exactly"
+        " (Peak from onset-5, their baseline and boundaries; needs --onset >= 51)",
+    )
+
+
+def _check_regions_onset(args: argparse.Namespace) -> None:
+    from lightning_noiseprobe.functional.curves import AUTHORS_MIN_ONSET
+
+    if args.regions == "authors" and args.onset < AUTHORS_MIN_ONSET:
+        raise NoiseProbeError(
+            f"Expected --onset to be at least {AUTHORS_MIN_ONSET} tokens with --regions authors (their"
+            f" baseline is the mean difference over the first onset - 50 tokens) but got {args.onset}."
+        )
+
+
 def _check_output(input_path: str, output_path: str) -> None:
     if Path(input_path).resolve() == Path(output_path).resolve():
         raise NoiseProbeError(
@@ -210,6 +230,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from lightning_noiseprobe.csvio import read_loss_csv
     from lightning_noiseprobe.functional.curves import analyze_curves
 
+    _check_regions_onset(args)
     clean = read_loss_csv(args.clean, args.column)
     perturbed = read_loss_csv(args.perturbed, args.column)
     if len(clean) != len(perturbed):
@@ -221,16 +242,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise NoiseProbeError(
             f"Expected the window onset {args.onset} + length {args.length} inside the {len(clean)} tokens of '{args.clean}'."
         )
-    result = analyze_curves(
-        torch.tensor(clean, dtype=torch.float64).float(),
-        torch.tensor(perturbed, dtype=torch.float64).float(),
+    result = analyze_curves(  # float64 in: the authors' rule computes in float64
+        torch.tensor(clean, dtype=torch.float64),
+        torch.tensor(perturbed, dtype=torch.float64),
         args.onset,
         args.length,
         smoothing=args.smoothing,
         margin=args.margin,
+        regions=args.regions,
     )
     record = result.to_records()[0]
-    out: dict[str, Any] = {"onset": args.onset, "length": args.length, **record}
+    out: dict[str, Any] = {
+        "onset": args.onset,
+        "length": args.length,
+        "region_rule": args.regions,
+        **record,
+    }
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
@@ -324,6 +351,7 @@ def _add_probe_parser(sub: Any) -> None:
         help="text condition for every clip (default: .json sidecars, else unconditional)",
     )
     p.add_argument("--seed", type=int, default=0)
+    _add_regions_arg(p)
     p.add_argument(
         "--cache-dir",
         default=None,
@@ -345,6 +373,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from lightning_noiseprobe.backends.base import get_backend
     from lightning_noiseprobe.probe import ProbeSpec, build_probe_set, score_probe_set
 
+    _check_regions_onset(args)
     spec = ProbeSpec(
         onset=args.onset,
         lengths=args.lengths,
@@ -355,6 +384,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         shuffle_segments=args.shuffle,
         clip_seconds=args.clip_seconds,
         seed=args.seed,
+        regions=args.regions,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -549,8 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--margin",
         type=int,
         default=5,
-        help="tokens after the window within which Peak/Assimilation end (default 5)",
+        help="tokens after the window within which Peak/Assimilation end (default 5; default rule only)",
     )
+    _add_regions_arg(p)
     p.add_argument("--json", metavar="OUT", help="also write the result to this JSON file")
     p.set_defaults(func=_cmd_analyze)
 
