@@ -112,6 +112,8 @@ class NoiseProbeCallback(Callback):
         onset, lengths, noises, level_dbfs, level_db_rel, mode, shuffle_segments,
             clip_seconds, seed: the perturbations (see :class:`ProbeSpec`);
             defaults follow the paper.
+        regions: region rule, ``"default"`` or ``"authors"`` (the paper's own code; see
+            :class:`ProbeSpec`).
         spec: a full :class:`ProbeSpec` instead of the arguments above.
         descriptions: text condition for every clip (``None``: ``.json`` sidecars,
             else unconditional).
@@ -142,6 +144,7 @@ class NoiseProbeCallback(Callback):
         shuffle_segments: Sequence[int] = (),
         clip_seconds: float = 15.0,
         seed: int = 0,
+        regions: str = "default",
         spec: ProbeSpec | None = None,
         descriptions: str | None = None,
         every_n_epochs: int = 1,
@@ -169,6 +172,7 @@ class NoiseProbeCallback(Callback):
             shuffle_segments=tuple(shuffle_segments),
             clip_seconds=clip_seconds,
             seed=seed,
+            regions=regions,
         )
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise NoiseProbeError(

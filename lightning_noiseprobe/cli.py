@@ -16,7 +16,6 @@ and leaves no partial output file behind.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -29,20 +28,6 @@ from lightning_noiseprobe._errors import NoiseProbeError
 __all__ = ["main"]
 
 EXIT_USAGE = 2
-
-_INDEX_COLUMNS = {
-    "",
-    "index",
-    "idx",
-    "token",
-    "tokens",
-    "t",
-    "frame",
-    "frames",
-    "step",
-    "position",
-    "unnamed: 0",
-}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -129,6 +114,26 @@ def _add_level_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="noise RMS in dB relative to each clip's RMS (instead of --level-dbfs)",
     )
+
+
+def _add_regions_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--regions",
+        choices=("default", "authors"),
+        default="default",
+        help="region rule: this project's (default) or the paper authors' Fig. 4 code, exactly"
+        " (Peak from onset-5, their baseline and boundaries; needs --onset >= 51)",
+    )
+
+
+def _check_regions_onset(args: argparse.Namespace) -> None:
+    from lightning_noiseprobe.functional.curves import AUTHORS_MIN_ONSET
+
+    if args.regions == "authors" and args.onset < AUTHORS_MIN_ONSET:
+        raise NoiseProbeError(
+            f"Expected --onset to be at least {AUTHORS_MIN_ONSET} tokens with --regions authors (their"
+            f" baseline is the mean difference over the first onset - 50 tokens) but got {args.onset}."
+        )
 
 
 def _check_output(input_path: str, output_path: str) -> None:
@@ -218,61 +223,16 @@ def _cmd_shuffle(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- analyze
-def read_loss_csv(path: str) -> list[float]:
-    """Per-token losses from a CSV with a header and one row per token.
-
-    Uses the ``loss`` column if present, otherwise the mean of the numeric
-    columns other than an index column (``index``, ``token``, ``t``, ``frame``, ...).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise NoiseProbeError(f"Could not read CSV file '{path}': no such file.")
-    try:
-        with p.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise NoiseProbeError(f"Could not read CSV file '{path}': {err}.") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if len(rows) < 2:
-        raise NoiseProbeError(
-            f"Expected CSV file '{path}' to have a header and at least one row but got {len(rows)} line(s)."
-        )
-    header = [h.strip() for h in rows[0]]
-    body = rows[1:]
-    lower = [h.lower() for h in header]
-    if "loss" in lower:
-        columns = [lower.index("loss")]
-    else:
-        columns = [i for i, h in enumerate(lower) if h not in _INDEX_COLUMNS]
-    if not columns:
-        raise NoiseProbeError(
-            f"Expected CSV file '{path}' to have a `loss` column or numeric loss columns but got only {header}."
-        )
-    values: list[float] = []
-    for line_no, row in enumerate(body, start=2):
-        try:
-            cells = [float(row[i]) for i in columns]
-        except (ValueError, IndexError):
-            raise NoiseProbeError(
-                f"Expected numeric values in columns {[header[i] for i in columns]} of '{path}' line {line_no} but got {row}."
-            ) from None
-        value = sum(cells) / len(cells)
-        if not math.isfinite(value):
-            raise NoiseProbeError(
-                f"Expected finite losses in '{path}' but line {line_no} holds {row}."
-            )
-        values.append(value)
-    return values
-
-
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import torch
 
     from lightning_noiseprobe._io import atomic_write_json
+    from lightning_noiseprobe.csvio import read_loss_csv
     from lightning_noiseprobe.functional.curves import analyze_curves
 
-    clean = read_loss_csv(args.clean)
-    perturbed = read_loss_csv(args.perturbed)
+    _check_regions_onset(args)
+    clean = read_loss_csv(args.clean, args.column)
+    perturbed = read_loss_csv(args.perturbed, args.column)
     if len(clean) != len(perturbed):
         raise NoiseProbeError(
             f"Expected --clean '{args.clean}' and --perturbed '{args.perturbed}' to have the same number of tokens"
@@ -282,16 +242,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise NoiseProbeError(
             f"Expected the window onset {args.onset} + length {args.length} inside the {len(clean)} tokens of '{args.clean}'."
         )
-    result = analyze_curves(
-        torch.tensor(clean, dtype=torch.float64).float(),
-        torch.tensor(perturbed, dtype=torch.float64).float(),
+    result = analyze_curves(  # float64 in: the authors' rule computes in float64
+        torch.tensor(clean, dtype=torch.float64),
+        torch.tensor(perturbed, dtype=torch.float64),
         args.onset,
         args.length,
         smoothing=args.smoothing,
         margin=args.margin,
+        regions=args.regions,
     )
     record = result.to_records()[0]
-    out: dict[str, Any] = {"onset": args.onset, "length": args.length, **record}
+    out: dict[str, Any] = {
+        "onset": args.onset,
+        "length": args.length,
+        "region_rule": args.regions,
+        **record,
+    }
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
@@ -385,6 +351,7 @@ def _add_probe_parser(sub: Any) -> None:
         help="text condition for every clip (default: .json sidecars, else unconditional)",
     )
     p.add_argument("--seed", type=int, default=0)
+    _add_regions_arg(p)
     p.add_argument(
         "--cache-dir",
         default=None,
@@ -406,6 +373,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from lightning_noiseprobe.backends.base import get_backend
     from lightning_noiseprobe.probe import ProbeSpec, build_probe_set, score_probe_set
 
+    _check_regions_onset(args)
     spec = ProbeSpec(
         onset=args.onset,
         lengths=args.lengths,
@@ -416,6 +384,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         shuffle_segments=args.shuffle,
         clip_seconds=args.clip_seconds,
         seed=args.seed,
+        regions=args.regions,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -579,10 +548,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "analyze",
         help="detect regions in per-token loss CSVs",
-        description="Compare clean and perturbed per-token loss curves (CSV, header + one row per token).",
+        description="Compare clean and perturbed per-token loss curves (CSV, one row per token)."
+        " The loss column is `loss`, else `avg_loss_value` (the paper authors' format"
+        " token_position,avg_loss_value), else the only column that is not an index;"
+        " a header-less file is one column or one row of losses.",
     )
     p.add_argument("--clean", required=True, metavar="CLEAN.csv")
     p.add_argument("--perturbed", required=True, metavar="PERTURBED.csv")
+    p.add_argument(
+        "--column",
+        metavar="NAME",
+        default=None,
+        help="loss column of both CSVs: a name, or a 1-based number; comma-separated"
+        " columns are averaged per row (default: chosen by the rules above)",
+    )
     p.add_argument("--onset", type=int, default=250, help="injection onset token (default 250)")
     p.add_argument(
         "--length",
@@ -600,8 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--margin",
         type=int,
         default=5,
-        help="tokens after the window within which Peak/Assimilation end (default 5)",
+        help="tokens after the window within which Peak/Assimilation end (default 5; default rule only)",
     )
+    _add_regions_arg(p)
     p.add_argument("--json", metavar="OUT", help="also write the result to this JSON file")
     p.set_defaults(func=_cmd_analyze)
 

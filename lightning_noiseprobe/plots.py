@@ -105,6 +105,7 @@ def loss_curves(result: ProbeResult, max_panels: int = 6) -> Figure:
             pert.length,
             valid=valid,
             start=start_tokens[i].round().long(),
+            regions=result.spec.get("regions", "default"),
         )
         _shade_regions(ax, mean_analysis.regions.tolist())
         ax.axvline(pert.onset, color="k", lw=0.6, ls=":")

@@ -100,8 +100,13 @@ def test_shuffle_and_analyze(tmp_path, capsys):
         header="token,loss",
         comments="",
     )
-    cb = np.c_[np.arange(T), pert, pert, pert, pert]
-    np.savetxt(tmp_path / "pert.csv", cb, delimiter=",", header="index,q0,q1,q2,q3", comments="")
+    np.savetxt(
+        tmp_path / "pert.csv",
+        np.c_[np.arange(T), pert],
+        delimiter=",",
+        header="token_position,avg_loss_value",  # the paper authors' format
+        comments="",
+    )
     code, out, err = _run(
         [
             "analyze",

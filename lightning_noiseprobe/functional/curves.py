@@ -25,6 +25,9 @@ margin :math:`m` (default 5 tokens: the smoothing window, which also covers
 the codec's receptive field and MusicGen's 3-frame codebook delay). Without the
 cap, a short injection whose loss never dips would stretch its Peak over the
 whole clip. Empty regions (``start == end``) are allowed.
+
+``regions="authors"`` replaces this rule by the one of the paper's own Fig. 4 code,
+bit for bit (see :func:`authors_regions`).
 """
 
 from __future__ import annotations
@@ -37,10 +40,13 @@ import torch
 from lightning_noiseprobe._errors import NoiseProbeError, NonFiniteLossError
 
 __all__ = [
+    "AUTHORS_SOURCE",
     "METRIC_NAMES",
     "REGION_NAMES",
+    "REGION_RULES",
     "CurveAnalysis",
     "analyze_curves",
+    "authors_regions",
     "codebook_average",
     "detect_regions",
     "first_differing_token",
@@ -63,6 +69,17 @@ METRIC_NAMES = (
     "peak_area",
     "peak_sharpness",
 )
+
+#: Region rules of :func:`analyze_curves`: this project's, and the paper authors' own.
+REGION_RULES = ("default", "authors")
+
+#: Where the authors' rule is taken from (:func:`authors_regions`).
+AUTHORS_SOURCE = (
+    "github.com/YoEv/noiseloss experiments/phase5/phase5_region_analysis_boxplot_3areas.py"
+    " (detect_regions_ma, analyze_single_file)"
+)
+#: The smallest onset the authors' rule accepts: its baseline is the first onset - 50 tokens.
+AUTHORS_MIN_ONSET = 51
 
 _SHARPNESS_EPS = 1e-6
 
@@ -237,6 +254,109 @@ def detect_regions(
     return bounds.reshape(*batch, 3, 2)
 
 
+def authors_regions(
+    delta: torch.Tensor,
+    onset: torch.Tensor | int,
+    length: torch.Tensor | int,
+    num_tokens: torch.Tensor | int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The paper authors' region rule and region means, exactly as their Fig. 4 code.
+
+    Source: :data:`AUTHORS_SOURCE`. Their code fixes the onset at token 250; here
+    every constant tied to it is written relative to the onset :math:`o`
+    (theirs in brackets). On the raw difference :math:`d` (no smoothing, float64)
+    of a curve of :math:`n` tokens and an injection of :math:`L` tokens:
+
+    * baseline :math:`b` = mean of :math:`d` over the first :math:`o - 50` tokens [200];
+    * Peak :math:`[o - 5, p)` [245]: :math:`p` is the first :math:`k \ge o - 5` with
+      :math:`d_j \le b` for the 5 tokens :math:`j \in [k, k + 5)` and
+      :math:`k + 5 \le n - 1` (their loop never looks at the last token);
+      :math:`p = o + 45` [295] if there is none, even past the end of the curve;
+    * Assimilation :math:`[p, a)` with :math:`a = \min(o - 1 + L + 4, n - 1)`
+      [249 + L + 4]; when :math:`p \ge a` it is empty, and the interval is
+      reported as is (start after end when the Peak ran past it);
+    * Recovery :math:`[a, n - 1)`: the last token is never in it;
+    * each region's mean is numpy's float64 mean of :math:`d` over the slice
+      (so bit-identical to theirs), and 0 for an empty region (not NaN).
+
+    Each curve's :math:`n` is its own length (``num_tokens``), so padded curves
+    work; their code has no masks.
+
+    Args:
+        delta: ``[..., T]`` raw difference perturbed - clean (cast to float64).
+        onset: injection onset token, int or ``[...]``, at least 51.
+        length: injection length, int or ``[...]``.
+        num_tokens: tokens of each curve, int or ``[...]`` (default ``T``).
+
+    Returns:
+        ``(regions [..., 3, 2] long, means [..., 3] float64, baseline [...] float64)``:
+        peak / assimilation / recovery ``[start, end)`` as they report them, their
+        means, and the baseline.
+
+    A quirk worth knowing: the first window examined is :math:`[o - 5, o)`, before
+    the injection; when :math:`d \le b` there (e.g. :math:`d = 0` exactly because
+    the codes only change at the onset) the Peak is empty and the whole noise
+    response is counted as Assimilation.
+
+    Example:
+        >>> d = torch.zeros(400, dtype=torch.float64); d[248:300] = 2.0; d[300:320] = -1.0
+        >>> regions, means, baseline = authors_regions(d, onset=250, length=50)
+        >>> regions.tolist()
+        [[245, 300], [300, 303], [303, 399]]
+        >>> means.tolist()
+        [1.8909090909090909, -1.0, -0.17708333333333334]
+        >>> d[248:250] = 0.0  # nothing above the baseline before the onset: empty Peak
+        >>> authors_regions(d, onset=250, length=50)[0].tolist()
+        [[245, 245], [245, 303], [303, 399]]
+    """
+    import numpy as np
+
+    T = delta.shape[-1]
+    batch = delta.shape[:-1]
+    flat = delta.detach().to("cpu", torch.float64).reshape(-1, T).numpy()
+    M = flat.shape[0]
+
+    def per_curve(x: torch.Tensor | int | None, default: int) -> list[int]:
+        t = torch.as_tensor(default if x is None else x).long().expand(batch).reshape(M)
+        return [int(v) for v in t.tolist()]
+
+    onsets, lengths, ns = per_curve(onset, 0), per_curve(length, 0), per_curve(num_tokens, T)
+    if min(onsets) < AUTHORS_MIN_ONSET:
+        raise NoiseProbeError(
+            f"Expected the onset to be at least {AUTHORS_MIN_ONSET} tokens for regions='authors'"
+            f" (their baseline is the mean difference over the first onset - 50 tokens) but got"
+            f" {min(onsets)}."
+        )
+    if min(ns) < 1 or max(ns) > T:
+        raise NoiseProbeError(f"Expected `num_tokens` in [1, {T}] but got {min(ns)}..{max(ns)}.")
+    run = 5  # their STABLE_LEN
+    bounds: list[list[int]] = []
+    means: list[list[float]] = []
+    baselines: list[float] = []
+    for i in range(M):
+        o, n = onsets[i], ns[i]
+        d = np.ascontiguousarray(flat[i, :n])
+        baseline = d[: o - 50].mean()
+        start = o - 5
+        low = np.asarray(d[: n - 1] <= baseline, dtype=bool)  # the last token is never examined
+        peak_end = start + 50
+        if low.size >= run:
+            quiet = np.asarray(np.lib.stride_tricks.sliding_window_view(low, run).all(axis=-1))
+            hits = np.flatnonzero(quiet[start:])
+            if hits.size:
+                peak_end = start + int(hits[0])
+        assim_end = min(o - 1 + lengths[i] + 4, n - 1)
+        curve = [(start, peak_end), (peak_end, assim_end), (assim_end, n - 1)]
+        bounds.append([v for pair in curve for v in pair])
+        means.append([float(d[lo:hi].mean()) if hi > lo else 0.0 for lo, hi in curve])
+        baselines.append(float(baseline))
+    return (
+        torch.tensor(bounds, dtype=torch.long).reshape(*batch, 3, 2),
+        torch.tensor(means, dtype=torch.float64).reshape(*batch, 3),
+        torch.tensor(baselines, dtype=torch.float64).reshape(batch),
+    )
+
+
 def _region_mask(regions: torch.Tensor, index: int, T: int) -> torch.Tensor:
     pos = torch.arange(T, device=regions.device)
     lo = regions[..., index, 0].unsqueeze(-1)
@@ -280,6 +400,8 @@ class CurveAnalysis:
     peak_width: torch.Tensor
     peak_area: torch.Tensor
     peak_sharpness: torch.Tensor
+    #: ``[...]`` float64 baseline of the authors' rule (``regions="authors"``), else ``None``
+    baseline: torch.Tensor | None = None
 
     def metrics(self) -> dict[str, torch.Tensor]:
         """The per-clip metrics by name (see :data:`METRIC_NAMES`)."""
@@ -292,6 +414,7 @@ class CurveAnalysis:
         regions = self.regions.reshape(n, 3, 2).tolist()
         starts = self.start.reshape(n).tolist()
         metrics = {k: v.reshape(n).tolist() for k, v in self.metrics().items()}
+        baseline = None if self.baseline is None else self.baseline.reshape(n).tolist()
         out: list[dict[str, object]] = []
         for i in range(n):
             rec: dict[str, object] = {
@@ -304,6 +427,8 @@ class CurveAnalysis:
             for k, v in metrics.items():
                 fv = float(v[i])
                 rec[k] = None if math.isnan(fv) else (int(fv) if k == "peak_width" else fv)
+            if baseline is not None:
+                rec["baseline"] = float(baseline[i])
             out.append(rec)
         return out
 
@@ -389,12 +514,21 @@ def analyze_curves(
     smoothing: int = 5,
     margin: int = 5,
     run: int = 5,
+    regions: str = "default",
 ) -> CurveAnalysis:
     r"""Analyse clean vs perturbed per-token loss curves around an injection.
 
     ``delta_loss`` is the mean of :math:`\Delta_t` over valid tokens and
     ``clean_loss`` the mean clean loss; the regions and their metrics are
     described in the module docstring and :func:`region_metrics`.
+
+    With ``regions="authors"`` the regions, ``start`` (onset - 5), the three
+    region means (float64, 0 when empty) and ``baseline`` are those of
+    :func:`authors_regions`, on each curve up to its last valid token (invalid
+    tokens inside count as a difference of 0); ``start``, the codes, ``margin``
+    and ``run`` are then not used. The other metrics (peak height, width, area,
+    sharpness, ``recovery_std``) are this module's, computed over their regions,
+    with ``peak_width`` their Peak length (even when the Peak runs past the curve).
 
     Args:
         clean: ``[..., T]`` clean per-token loss (codebook-averaged).
@@ -409,6 +543,7 @@ def analyze_curves(
         smoothing: moving-average window (odd).
         margin: tokens after the window end within which Peak and Assimilation end.
         run: consecutive tokens needed to accept a zero crossing.
+        regions: ``"default"`` (this module's rule) or ``"authors"`` (the paper's code).
 
     Returns:
         :class:`CurveAnalysis`.
@@ -429,6 +564,10 @@ def analyze_curves(
         >>> round(float(a.peak_height), 3), round(float(a.peak_sharpness), 3)
         (1.8, 7.2)
     """
+    if regions not in REGION_RULES:
+        raise NoiseProbeError(
+            f"Expected argument `regions` to be one of {list(REGION_RULES)} but got {regions!r}."
+        )
     if clean.shape != perturbed.shape:
         raise NoiseProbeError(
             f"Expected clean and perturbed curves of the same shape but got {tuple(clean.shape)}"
@@ -464,6 +603,8 @@ def analyze_curves(
             f" onset={onset_t.max().item()}, length={length_t.max().item()}."
         )
     window_end = onset_t + length_t
+    if regions == "authors":
+        return _analyze_authors(clean, perturbed, onset_t, length_t, valid, smoothing)
     if start is not None:
         start_t = torch.as_tensor(start, device=device).long().expand(batch)
     elif clean_codes is not None and perturbed_codes is not None:
@@ -474,14 +615,49 @@ def analyze_curves(
     clean32 = clean.float()
     delta = torch.where(valid, perturbed.float() - clean32, 0.0)
     smoothed = moving_average(delta, smoothing, valid)
-    regions = detect_regions(smoothed, start_t, window_end, margin=margin, run=run)
-    metrics = region_metrics(delta, smoothed, clean32, valid, regions)
+    bounds = detect_regions(smoothed, start_t, window_end, margin=margin, run=run)
+    metrics = region_metrics(delta, smoothed, clean32, valid, bounds)
     return CurveAnalysis(
         delta=delta,
         smoothed=smoothed,
         start=start_t,
-        regions=regions,
+        regions=bounds,
         delta_loss=_masked_mean(delta, valid),
         clean_loss=_masked_mean(clean32, valid),
+        **metrics,
+    )
+
+
+def _analyze_authors(
+    clean: torch.Tensor,
+    perturbed: torch.Tensor,
+    onset: torch.Tensor,
+    length: torch.Tensor,
+    valid: torch.Tensor,
+    smoothing: int,
+) -> CurveAnalysis:
+    """:func:`analyze_curves` with ``regions="authors"`` (inputs already checked)."""
+    T = clean.shape[-1]
+    pos = torch.arange(T, device=clean.device)
+    num_tokens = torch.where(valid, pos + 1, 0).amax(-1)  # each curve ends at its last valid token
+    # float64 on the CPU, as their numpy code (and MPS has no float64)
+    raw = perturbed.detach().cpu().double() - clean.detach().cpu().double()
+    raw = torch.where(valid.cpu(), raw, 0.0)
+    bounds, means, baseline = authors_regions(raw, onset, length, num_tokens)
+    bounds = bounds.to(clean.device)
+    clean32 = clean.float()
+    delta = torch.where(valid, perturbed.float() - clean32, 0.0)
+    smoothed = moving_average(delta, smoothing, valid)
+    metrics = region_metrics(delta, smoothed, clean32, valid, bounds)
+    for k, name in enumerate(REGION_NAMES):
+        metrics[f"{name}_mean"] = means[..., k].to(clean.device)
+    return CurveAnalysis(
+        delta=delta,
+        smoothed=smoothed,
+        start=bounds[..., 0, 0],
+        regions=bounds,
+        delta_loss=_masked_mean(delta, valid),
+        clean_loss=_masked_mean(clean32, valid),
+        baseline=baseline.to(clean.device),
         **metrics,
     )

@@ -378,7 +378,10 @@ def analyze_from_curves(
         perturbed_codes=probe_set.perturbed_codes,
         smoothing=probe_set.spec.smoothing,
         margin=probe_set.spec.margin,
+        regions=probe_set.spec.regions,
     )
-    # Recovery ends at each clip's own last token, not at the padded length.
-    analysis.regions[..., 2, 1] = probe_set.num_tokens[:, None].expand(N, P)
+    if probe_set.spec.regions == "default":
+        # Recovery ends at each clip's own last token, not at the padded length
+        # (the authors' rule already ends each curve at its last valid token).
+        analysis.regions[..., 2, 1] = probe_set.num_tokens[:, None].expand(N, P)
     return analysis

@@ -62,6 +62,10 @@ class ProbeSpec:
         clip_seconds: clips are cropped to this duration.
         seed: base seed; each clip x perturbation derives its own.
         smoothing, margin: region detection settings (see ``functional.curves``).
+        regions: region rule, ``"default"`` or ``"authors"`` (the paper's own code,
+            :func:`~lightning_noiseprobe.functional.curves.authors_regions`; needs
+            ``onset >= 51``). Analysis only: it is left out of :meth:`to_dict` (and so
+            of :meth:`hash`) when ``"default"``, and never changes the token cache.
 
     Example:
         >>> spec = ProbeSpec(lengths=(5, 100), noises=("white", "pink"))
@@ -83,6 +87,7 @@ class ProbeSpec:
     seed: int = 0
     smoothing: int = 5
     margin: int = 5
+    regions: str = "default"
 
     def __post_init__(self) -> None:
         from lightning_noiseprobe.perturbations.noise import check_noise_color
@@ -121,6 +126,17 @@ class ProbeSpec:
                 raise NoiseProbeError(
                     f"Expected `shuffle_segments` to hold positive integers of at most half of shuffle_length={self.shuffle_length} but got {seg!r}."
                 )
+        from lightning_noiseprobe.functional.curves import AUTHORS_MIN_ONSET, REGION_RULES
+
+        if self.regions not in REGION_RULES:
+            raise NoiseProbeError(
+                f"Expected argument `regions` to be one of {list(REGION_RULES)} but got {self.regions!r}."
+            )
+        if self.regions == "authors" and self.onset < AUTHORS_MIN_ONSET:
+            raise NoiseProbeError(
+                f"Expected `onset` to be at least {AUTHORS_MIN_ONSET} tokens for regions='authors'"
+                f" (their baseline is the mean difference over the first onset - 50 tokens) but got {self.onset}."
+            )
         if not (math.isfinite(self.clip_seconds) and self.clip_seconds > 0):
             raise NoiseProbeError(
                 f"Expected argument `clip_seconds` to be a positive number but got {self.clip_seconds!r}."
@@ -164,7 +180,12 @@ class ProbeSpec:
         return self.min_tokens / float(frame_rate)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a JSON-able dict; ``regions`` only when not ``"default"``, so
+        the hash of a spec written before that field existed stays the same."""
+        data = asdict(self)
+        if data["regions"] == "default":
+            del data["regions"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeSpec:
@@ -173,8 +194,8 @@ class ProbeSpec:
     def tokenization_key(self) -> dict[str, Any]:
         """The fields that change the perturbed audio (and so the cached codes)."""
         data = self.to_dict()
-        for name in ("smoothing", "margin"):
-            data.pop(name)
+        for name in ("smoothing", "margin", "regions"):
+            data.pop(name, None)
         return data
 
     def hash(self) -> str:
