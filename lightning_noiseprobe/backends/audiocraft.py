@@ -702,7 +702,20 @@ class AudiocraftBackend(ProbeBackend):
 
     # -- compute --------------------------------------------------------------
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        """Tokenize audio with the frozen codec (under ``torch.no_grad()``).
+        """Tokenize audio with the frozen codec, exactly as audiocraft does.
+
+        The same call as the MusicGen solver's and ``MusicGen``'s
+        ``_prepare_tokens_and_attributes``: ``compression_model.encode(wav)``
+        under ``torch.no_grad()``, outside autocast, refusing a codec that
+        returns a scale. ``no_grad`` matters for more than memory: with grad
+        mode on, PyTorch runs the codec's LSTM with oneDNN's forward-training
+        kernel, whose float32 rounding differs from the inference kernel's, and
+        near-tied codes flip (4 of 320 codes on an AMD EPYC).
+
+        Codes are bitwise reproducible for the same input, batch shape, machine
+        and thread count. Another thread count (1x1 convolutions switch between
+        oneDNN and im2col+GEMM), batch shape (the LSTM kernel) or CPU changes the
+        latents by about one ulp and may flip near-tied codes.
 
         Args:
             wav: ``[B, C, S]`` float waveform at :attr:`sample_rate` with :attr:`channels` channels.
@@ -721,7 +734,12 @@ class AudiocraftBackend(ProbeBackend):
             codec_device = next(codec.parameters()).device
             # fp32 whatever the caller's autocast: codes must not depend on the trainer's precision
             with torch.autocast(codec_device.type, enabled=False):
-                codes, _scale = codec.encode(wav.to(codec_device, torch.float32))
+                codes, scale = codec.encode(wav.to(codec_device, torch.float32))
+        if scale is not None:  # audiocraft asserts the same: its LMs model unscaled codes
+            raise NoiseProbeError(
+                f"Expected a codec without renormalisation (MusicGen's) but {self.model!r} "
+                "returns a scale per clip; such codecs are not supported with an LM."
+            )
         return codes.long()
 
     def _condition_tensors(self, batch: int, descriptions: Sequence[str | None] | None) -> Any:
