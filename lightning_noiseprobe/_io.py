@@ -206,24 +206,33 @@ def _remove_stale_temps(target: Path) -> None:
                 os.close(fd)
 
 
-def _new_locked_dir(where: Path, target: Path) -> tuple[Path, int]:
+def _new_locked_dir(where: Path, target: Path) -> tuple[Path, int | None]:
     """A new empty folder in ``where`` named for ``target``, locked by this process.
 
     It is made under another name and renamed once locked, so a folder with the
     temporary prefix is never unlocked while its writer is alive.
     """
     born = Path(tempfile.mkdtemp(dir=where, prefix=f".{target.name}.new-"))
-    fd = os.open(born, os.O_RDONLY)
     try:
-        _try_lock(fd)
+        fd: int | None = os.open(born, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a folder cannot be opened (Windows): no lock
+        fd = None
+    try:
+        if fd is not None:
+            _try_lock(fd)
         tmp = born.with_name(_temp_prefix(target) + born.name.rsplit(".new-", 1)[1])
         os.rename(born, tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     except BaseException:
-        os.close(fd)
+        _close(fd)
         shutil.rmtree(born, ignore_errors=True)
         raise
     return tmp, fd
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _usual_modes(folder: Path) -> None:
@@ -303,10 +312,14 @@ def atomic_dir(
                 old, old_fd = _new_locked_dir(target.parent, target)
                 try:
                     os.replace(target, old / target.name)
-                    os.replace(tmp, target)
+                    try:
+                        os.replace(tmp, target)
+                    except BaseException:
+                        os.replace(old / target.name, target)  # put the earlier one back
+                        raise
                 finally:
                     shutil.rmtree(old, ignore_errors=True)
-                    os.close(old_fd)
+                    _close(old_fd)
             else:
                 trash = tmp / f".{target.name}.trash"
                 trash.mkdir()
@@ -323,4 +336,4 @@ def atomic_dir(
             if os.path.lexists(tmp):  # failed, or the files were moved out of it
                 shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        os.close(fd)
+        _close(fd)

@@ -293,6 +293,27 @@ def test_probe_output_set_is_all_or_nothing(tmp_path, capsys, monkeypatch):
     assert _temps(out) == []
 
 
+def test_a_running_writer_keeps_its_temporary_folder(tmp_path):
+    """Leftovers are told from a live run by its lock, not guessed from names or age."""
+    from lightning_noiseprobe._io import atomic_dir
+
+    out = tmp_path / "out"
+    other = textwrap.dedent(
+        f"""
+        from lightning_noiseprobe._io import atomic_dir
+        with atomic_dir({str(out)!r}) as tmp:
+            (tmp / "b.txt").write_text("b")
+        """
+    )
+    with atomic_dir(out) as mine:
+        (mine / "a.txt").write_text("a")
+        proc = subprocess.run([sys.executable, "-c", other], capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert (mine / "a.txt").read_text() == "a"  # the other writer did not take it for litter
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]  # the last to finish wins, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 # ----------------------------------------------------------------------------- item 8
 def _modes(folder: Path) -> dict[str, int]:
     return {
