@@ -94,7 +94,11 @@ def find_audio_files(
         elif path.is_file():
             files.append(path)
         else:
-            raise NoiseProbeError(f"Expected an audio file or folder but '{path}' does not exist.")
+            from lightning_noiseprobe._io import path_kind
+
+            kind = path_kind(path)
+            state = "does not exist" if kind == "missing" else f"is {kind}"
+            raise NoiseProbeError(f"Expected an audio file or folder but '{path}' {state}.")
     return files
 
 
