@@ -161,6 +161,7 @@ class ProbeSpec:
     bandstop_band: tuple[float, float] = (2000.0, 20000.0)
 
     def __post_init__(self) -> None:
+        from lightning_noiseprobe.functional.curves import check_region_settings
         from lightning_noiseprobe.perturbations.noise import check_noise_color
 
         # accept lists (YAML / LightningCLI) but store tuples so the spec stays hashable
@@ -232,6 +233,21 @@ class ProbeSpec:
                 f"Expected argument `bandstop_band` to be (low_hz, high_hz) with 0 <= low_hz < high_hz but got {band!r}."
             )
         object.__setattr__(self, "bandstop_band", (float(band[0]), float(band[1])))
+        for name in (
+            "lengths",
+            "noises",
+            "shuffle_segments",
+            "delete_lengths",
+            "reorder_lengths",
+            "bandstop_lengths",
+        ):
+            values = getattr(self, name)
+            repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if repeated:
+                raise NoiseProbeError(
+                    f"Expected argument `{name}` to hold distinct values but got {list(values)}"
+                    f" ({', '.join(map(str, repeated))} repeated)."
+                )
         if self.lengths and not self.noises:
             raise NoiseProbeError("Expected at least one noise colour in `noises` but got none.")
         for noise in self.noises:
@@ -243,7 +259,8 @@ class ProbeSpec:
         for seg in self.shuffle_segments:
             if not isinstance(seg, int) or seg <= 0 or 2 * seg > self.shuffle_length:
                 raise NoiseProbeError(
-                    f"Expected `shuffle_segments` to hold positive integers of at most half of shuffle_length={self.shuffle_length} but got {seg!r}."
+                    f"Expected argument `shuffle_segments` to hold positive integers of at most half of"
+                    f" the shuffle window ({self.shuffle_length} tokens) but got {seg!r}."
                 )
         from lightning_noiseprobe.functional.curves import AUTHORS_MIN_ONSET, REGION_RULES
 
@@ -263,9 +280,11 @@ class ProbeSpec:
         if not math.isfinite(self.level_dbfs) or (
             self.level_db_rel is not None and not math.isfinite(self.level_db_rel)
         ):
+            bad = "level_dbfs" if not math.isfinite(self.level_dbfs) else "level_db_rel"
             raise NoiseProbeError(
-                f"Expected finite noise levels but got level_dbfs={self.level_dbfs}, level_db_rel={self.level_db_rel}."
+                f"Expected argument `{bad}` to be a finite level in dB but got {getattr(self, bad)!r}."
             )
+        check_region_settings(self.smoothing, self.margin)
 
     def perturbations(self) -> list[Perturbation]:
         """Every perturbation: noises (by colour, then length), shuffles, deletions,
