@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from audio_fixtures import write_audio
+from proc_helpers import our_tracebacks
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends.audiocraft import EXPORT_FILES, AudiocraftBackend
@@ -128,7 +129,7 @@ def test_damaged_export_file_gives_one_line_naming_file_and_problem(
             timeout=300,
         )
         assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr
+        assert not our_tracebacks(proc.stderr), proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.startswith("noiseprobe")]
         assert lines == [f"noiseprobe: error: {message}"], proc.stderr  # the same one line
         assert not out.exists()  # nothing written

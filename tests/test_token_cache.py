@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from audio_fixtures import write_audio
+from proc_helpers import our_tracebacks
 
 from lightning_noiseprobe.cli import main
 from lightning_noiseprobe.probe import ProbeSpec, build_probe_set
@@ -131,7 +132,7 @@ def test_cli_probe_rebuilds_a_damaged_entry(tiny_backend, clip, tmp_path):
         "--audio", str(clip), "--out", str(tmp_path / "out"), "--cache-dir", str(cache)
     )
     assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert not our_tracebacks(proc.stderr), proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "probe cache file" in line]
     assert len(warnings) == 1 and str(entry) in warnings[0] and "[0, 2048)" in warnings[0]
     assert (tmp_path / "out" / "metrics.json").is_file()
