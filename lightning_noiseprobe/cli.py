@@ -440,7 +440,9 @@ def format_summary(summary: dict[str, float], title: str = "") -> str:
     lines = [title] if title else []
     for name in SUMMARY_METRICS:
         if name in summary:
-            lines.append(f"  {name:<20} {summary[name]: .4f}")
+            value = summary[name]
+            text = f"{value: .0f}" if name.endswith("_empty") else f"{value: .4f}"  # counts
+            lines.append(f"  {name:<20} {text}")
     return "\n".join(lines)
 
 
