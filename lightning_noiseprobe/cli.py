@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive_int(name: str) -> Callable[[str], int]:
+def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -46,10 +46,9 @@ def _positive_int(name: str) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(
                 f"expected an integer for {name} but got {text!r}"
             ) from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(
-                f"expected a positive integer for {name} but got {value}"
-            )
+        if value < minimum:
+            expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {expected} for {name} but got {value}")
         return value
 
     return parse
@@ -575,13 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoothing",
         type=_positive_int("--smoothing"),
         default=5,
-        help="moving-average window (default 5)",
+        help="moving-average and running-median window (default 5)",
     )
     p.add_argument(
         "--margin",
-        type=int,
+        type=_positive_int("--margin", minimum=0),
         default=5,
-        help="tokens after the window within which Peak/Assimilation end (default 5; default rule only)",
+        help="tokens after the window where Assimilation ends and Recovery starts (default 5; default rule only)",
     )
     _add_regions_arg(p)
     p.add_argument("--json", metavar="OUT", help="also write the result to this JSON file")

@@ -231,6 +231,8 @@ def test_cli_probe_missing_audio(tmp_path, capsys):
         ({"mode": "mix"}, "`mode`"),
         ({"clip_seconds": -1.0}, "`clip_seconds`"),
         ({"lengths": (), "shuffle_segments": ()}, "at least one"),
+        ({"margin": -1}, "`margin` to be a non-negative"),
+        ({"smoothing": 4}, "`smoothing` to be a positive odd"),
     ],
 )
 def test_spec_validation(kwargs, match):

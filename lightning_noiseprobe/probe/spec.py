@@ -137,6 +137,15 @@ class ProbeSpec:
                 f"Expected `onset` to be at least {AUTHORS_MIN_ONSET} tokens for regions='authors'"
                 f" (their baseline is the mean difference over the first onset - 50 tokens) but got {self.onset}."
             )
+        if not isinstance(self.smoothing, int) or self.smoothing < 1 or self.smoothing % 2 == 0:
+            raise NoiseProbeError(
+                f"Expected argument `smoothing` to be a positive odd integer but got {self.smoothing!r}."
+            )
+        if not isinstance(self.margin, int) or self.margin < 0:
+            raise NoiseProbeError(
+                f"Expected argument `margin` to be a non-negative integer (tokens after the window"
+                f" where Recovery starts) but got {self.margin!r}."
+            )
         if not (math.isfinite(self.clip_seconds) and self.clip_seconds > 0):
             raise NoiseProbeError(
                 f"Expected argument `clip_seconds` to be a positive number but got {self.clip_seconds!r}."
