@@ -145,3 +145,26 @@ def test_empty_regions_are_counted_next_to_the_means(demo):
     authors = _analyze(demo, regions="authors")
     empty = authors.regions[..., 1, 1] <= authors.regions[..., 1, 0]
     assert authors.empty_counts()["assimilation_empty"] == int(empty.sum()) > 0
+
+
+def test_readme_figure_script_prints_the_readme_table(tmp_path):
+    """scripts/plot_region_rules.py on the fixture: the figure, and the table in README.md."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "rules.png"
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "plot_region_rules.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[2:]] == ["default", "authors"]
+    readme = (root / "README.md").read_text()
+    for row in rows:
+        assert row in readme, f"README.md's region-rule table is out of date: {row}"
