@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, overload
@@ -112,6 +113,41 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, AudioInfo]:
     return np.ascontiguousarray(data), info
 
 
+@contextlib.contextmanager
+def _decoder_messages_held() -> Iterator[None]:
+    """Hold back what C decoders print to file descriptor 2 while reading a file.
+
+    libsndfile's mp3 decoder (libmpg123) prints ``Note: Illegal Audio-MPEG-Header
+    ...`` lines straight to stderr on a damaged file. Those lines are dropped when
+    decoding fails (the :class:`NoiseProbeError` then says what went wrong, in
+    one line) and written out unchanged when it succeeds.
+    """
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (e.g. a GUI): nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            raise
+        else:
+            os.dup2(saved, 2)
+            held.seek(0)
+            text = held.read()
+            if text:
+                os.write(2, text)
+        finally:
+            os.close(saved)
+
+
 def _reason(exc: BaseException) -> str:
     """The library's own words, without the file name it repeats."""
     for attr in ("error_string", "strerror"):  # soundfile.LibsndfileError, av.FFmpegError
@@ -149,8 +185,9 @@ def load_audio(
         ``(wav, sample_rate, info)`` when ``return_info`` is true.
 
     Raises:
-        NoiseProbeError: If the file is missing, cannot be decoded, holds no samples,
-            or holds NaN or infinite samples.
+        NoiseProbeError: If the file is missing, is not a regular file (a folder,
+            a FIFO), cannot be read or decoded, holds no samples, or holds NaN
+            or infinite samples.
 
     Example:
         >>> import tempfile
@@ -160,19 +197,33 @@ def load_audio(
         >>> wav.shape, wav.dtype, sr, info.subtype, info.duration
         (torch.Size([2, 320]), torch.float32, 32000, 'PCM_16', 0.01)
     """
+    from lightning_noiseprobe._io import path_kind
+
     p = Path(path)
-    if not p.exists():
-        raise NoiseProbeError(f"Audio file '{p}' does not exist. Check the path.")
-    if not p.is_file():
-        raise NoiseProbeError(f"Expected '{p}' to be an audio file but it is a folder.")
+    kind = path_kind(p)
+    if kind in ("missing", "a broken symlink"):
+        detail = "" if kind == "missing" else f" (a symlink to missing '{os.readlink(p)}')"
+        raise NoiseProbeError(f"Audio file '{p}' does not exist{detail}. Check the path.")
+    if kind != "a file":
+        raise NoiseProbeError(f"Expected '{p}' to be an audio file but it is {kind}.")
+    if not os.access(p, os.R_OK):
+        raise NoiseProbeError(
+            f"Audio file '{p}' exists but cannot be read (permission denied). Check its permissions."
+        )
     try:
-        data, info = _read_soundfile(p)
+        with _decoder_messages_held():
+            data, info = _read_soundfile(p)
     except Exception as sf_exc:
         try:
             data, info = _read_pyav(p)
         except Exception as av_exc:
+            # the file exists and is a regular file: libsndfile's "does not exist or is
+            # not a regular file" only means it recognised no format it can decode
+            sf_reason = _reason(sf_exc)
+            if "does not exist" in sf_reason:
+                sf_reason = "format not recognised"
             raise NoiseProbeError(
-                f"Could not read audio file '{p}': {_reason(sf_exc)} (PyAV: {_reason(av_exc)}). "
+                f"Could not decode audio file '{p}': {sf_reason} (PyAV: {_reason(av_exc)}). "
                 f"{_READ_HINT}"
             ) from av_exc
     if data.shape[0] == 0 or data.shape[1] == 0:

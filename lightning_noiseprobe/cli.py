@@ -10,16 +10,21 @@ Sub-commands (each documented by ``noiseprobe <command> --help``):
 * ``fit`` / ``validate``  LightningCLI for fine-tuning with the callback.
 
 Bad input ends with a one-line ``noiseprobe: error: ...`` message and exit status 2,
-and leaves no partial output file behind.
+and leaves no partial output file behind. Outputs are checked before any work:
+an output that is one of the command's inputs (the same file through a symlink,
+``..`` or a hard link), or that cannot be written, is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -38,7 +43,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
+def _integer(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer for {name} but got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _positive_int(name: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -46,9 +63,10 @@ def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(
                 f"expected an integer for {name} but got {text!r}"
             ) from None
-        if value < minimum:
-            expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise argparse.ArgumentTypeError(f"expected {expected} for {name} but got {value}")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive integer for {name} but got {value}"
+            )
         return value
 
     return parse
@@ -105,7 +123,7 @@ def _add_level_args(p: argparse.ArgumentParser) -> None:
         "--level-dbfs",
         type=_finite_float("--level-dbfs"),
         default=-30.0,
-        help="noise RMS in dBFS (default -30)",
+        help="noise RMS in dBFS, at most 0 (default -30)",
     )
     level.add_argument(
         "--level-db-rel",
@@ -135,11 +153,115 @@ def _check_regions_onset(args: argparse.Namespace) -> None:
         )
 
 
-def _check_output(input_path: str, output_path: str) -> None:
-    if Path(input_path).resolve() == Path(output_path).resolve():
+def _check_outputs(
+    outputs: Sequence[tuple[str, str | os.PathLike[str]]],
+    inputs: Sequence[tuple[str, str | os.PathLike[str]]],
+) -> None:
+    """Refuse an output that is one of the inputs (the same file by any path)."""
+    from lightning_noiseprobe._io import same_file
+
+    for out_flag, out_path in outputs:
+        for in_flag, in_path in inputs:
+            if same_file(out_path, in_path):
+                raise NoiseProbeError(
+                    f"Expected {out_flag} '{out_path}' to differ from {in_flag} '{in_path}' but both are"
+                    f" '{os.path.realpath(in_path)}'; writing it would destroy the input. Choose another {out_flag}."
+                )
+
+
+def _require_writable(flag: str, path: str | os.PathLike[str], *, folder: bool) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be written."""
+    from lightning_noiseprobe._io import writable_problem
+
+    problem = writable_problem(path, folder=folder)
+    if problem is not None:
+        what = "folder" if folder else "file"
         raise NoiseProbeError(
-            f"Expected OUTPUT to differ from INPUT but both are '{output_path}'. Choose another OUTPUT path."
+            f"Expected {flag} '{path}' to be a {what} that can be written but {problem}. Choose another {flag}."
         )
+
+
+@contextlib.contextmanager
+def _flag_names(flags: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise the library's errors with the user's flag names (``--lengths``) in
+    place of its argument names (```lengths```), so each rule is written once."""
+    try:
+        yield
+    except NoiseProbeError as err:
+        text = str(err)
+        for name, flag in flags.items():
+            text = re.sub(rf"(?:argument )?`{re.escape(name)}`", flag, text)
+        raise NoiseProbeError(text) from err
+
+
+_WINDOW_FLAGS = {
+    "onset": "--onset",
+    "length": "--length",
+    "frame_rate": "--frame-rate",
+    "unit": "--unit",
+    "seed": "--seed",
+    "noise": "--noise",
+    "mode": "--mode",
+    "level_dbfs": "--level-dbfs",
+    "level_db_rel": "--level-db-rel",
+    "segment": "--segment",
+}
+
+
+def _check_level(args: argparse.Namespace, clip: Any = None, path: str = "") -> None:
+    """Refuse noise above full scale (an RMS above 0 dBFS) unless ``--allow-clipping``.
+
+    ``--level-dbfs`` is checked as given; ``--level-db-rel`` once the ``clip`` is loaded.
+    """
+    if getattr(args, "allow_clipping", False):
+        return
+    hint = (
+        " Pass --allow-clipping to write it clipped to full scale."
+        if hasattr(args, "allow_clipping")
+        else ""
+    )
+    if args.level_db_rel is None:
+        if args.level_dbfs > 0:
+            raise NoiseProbeError(
+                f"Expected --level-dbfs to be at most 0 dBFS (full scale) but got {args.level_dbfs:g}.{hint}"
+            )
+    elif clip is not None:
+        from lightning_noiseprobe.audio import rms_dbfs
+
+        level = float(rms_dbfs(clip)) + args.level_db_rel
+        if level > 0:
+            raise NoiseProbeError(
+                f"Expected --level-db-rel {args.level_db_rel:g} to keep the noise at most at 0 dBFS (full scale)"
+                f" but it puts it at {level:+.1f} dBFS for '{path}'.{hint}"
+            )
+
+
+def _device(text: str | None) -> str:
+    """The torch device for ``--device``: ``cpu``, ``cuda``, ``cuda:N`` (N < the devices
+    present) or ``mps`` where available; default ``cuda`` if present, else ``cpu``."""
+    import torch
+
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", text.strip())
+    if match is None or (match[1] != "cuda" and match[2] not in (None, "0")):
+        raise NoiseProbeError(f"Expected --device to be cpu, cuda or cuda:N but got {text!r}.")
+    kind, index = match[1], match[2]
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise NoiseProbeError(
+                f"Expected a CUDA device for --device {text} but none is available. Use --device cpu."
+            )
+        if index is not None and int(index) >= count:
+            raise NoiseProbeError(
+                f"Expected --device cuda:N with N < {count} (the CUDA devices present) but got {text!r}."
+            )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise NoiseProbeError(
+            f"Expected --device to be cpu, cuda or cuda:N but got {text!r} (MPS is not available here)."
+        )
+    return text.strip()
 
 
 def _window_values(args: argparse.Namespace) -> tuple[int | float, int | float]:
@@ -163,25 +285,34 @@ def _same_subtype(input_path: str, output_path: str, subtype: str | None) -> str
 
 
 def _cmd_inject(args: argparse.Namespace) -> int:
+    _check_outputs([("OUTPUT", args.output)], [("INPUT", args.input)])
+    _require_writable("OUTPUT", args.output, folder=False)
+    _check_level(args)
+
+    import torch
+
     from lightning_noiseprobe.audio import load_audio, save_audio
     from lightning_noiseprobe.perturbations import inject_noise
 
-    _check_output(args.input, args.output)
     wav, sr, info = load_audio(args.input, return_info=True)
+    _check_level(args, wav, args.input)
     onset, length = _window_values(args)
-    out = inject_noise(
-        wav,
-        sr,
-        onset=onset,
-        length=length,
-        frame_rate=args.frame_rate,
-        unit=args.unit,
-        noise=args.noise,
-        level_dbfs=args.level_dbfs,
-        level_db_rel=args.level_db_rel,
-        mode=args.mode,
-        seed=args.seed,
-    )
+    with _flag_names(_WINDOW_FLAGS):
+        out = inject_noise(
+            wav,
+            sr,
+            onset=onset,
+            length=length,
+            frame_rate=args.frame_rate,
+            unit=args.unit,
+            noise=args.noise,
+            level_dbfs=args.level_dbfs,
+            level_db_rel=args.level_db_rel,
+            mode=args.mode,
+            seed=args.seed,
+        )
+    if args.allow_clipping:  # only the noise is clipped: samples it did not touch stay as they were
+        out = torch.where(out != wav, out.clamp(-1.0, 1.0), out)
     save_audio(args.output, out, sr, subtype=_same_subtype(args.input, args.output, info.subtype))
     level = (
         f"{args.level_db_rel:+g} dB rel. to the clip"
@@ -195,25 +326,28 @@ def _cmd_inject(args: argparse.Namespace) -> int:
 
 
 def _cmd_shuffle(args: argparse.Namespace) -> int:
+    _check_outputs([("OUTPUT", args.output)], [("INPUT", args.input)])
+    _require_writable("OUTPUT", args.output, folder=False)
+
     from lightning_noiseprobe.audio import load_audio, save_audio
     from lightning_noiseprobe.perturbations import shuffle_segments
 
-    _check_output(args.input, args.output)
     if args.unit != "tokens":
         raise NoiseProbeError(
             "Expected --unit tokens for shuffle (segments are whole tokens) but got seconds."
         )
     wav, sr, info = load_audio(args.input, return_info=True)
     onset, length = _window_values(args)
-    out, perm = shuffle_segments(
-        wav,
-        sr,
-        onset=int(onset),
-        length=int(length),
-        segment=args.segment,
-        frame_rate=args.frame_rate,
-        seed=args.seed,
-    )
+    with _flag_names(_WINDOW_FLAGS):
+        out, perm = shuffle_segments(
+            wav,
+            sr,
+            onset=int(onset),
+            length=int(length),
+            segment=args.segment,
+            frame_rate=args.frame_rate,
+            seed=args.seed,
+        )
     save_audio(args.output, out, sr, subtype=_same_subtype(args.input, args.output, info.subtype))
     print(
         f"wrote {args.output}: {len(perm)} segments of {args.segment} tokens shuffled as {list(map(int, perm))}"
@@ -223,12 +357,26 @@ def _cmd_shuffle(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- analyze
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    if args.json:
+        _check_outputs(
+            [("--json", args.json)], [("--clean", args.clean), ("--perturbed", args.perturbed)]
+        )
+        _require_writable("--json", args.json, folder=False)
+
     import torch
 
     from lightning_noiseprobe._io import atomic_write_json
     from lightning_noiseprobe.csvio import read_loss_csv
-    from lightning_noiseprobe.functional.curves import analyze_curves
+    from lightning_noiseprobe.functional.curves import analyze_curves, check_region_settings
 
+    flags = {
+        "smoothing": "--smoothing",
+        "margin": "--margin",
+        "onset": "--onset",
+        "length": "--length",
+    }
+    with _flag_names(flags):
+        check_region_settings(args.smoothing, args.margin)
     _check_regions_onset(args)
     clean = read_loss_csv(args.clean, args.column)
     perturbed = read_loss_csv(args.perturbed, args.column)
@@ -241,15 +389,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise NoiseProbeError(
             f"Expected the window onset {args.onset} + length {args.length} inside the {len(clean)} tokens of '{args.clean}'."
         )
-    result = analyze_curves(  # float64 in: the authors' rule computes in float64
-        torch.tensor(clean, dtype=torch.float64),
-        torch.tensor(perturbed, dtype=torch.float64),
-        args.onset,
-        args.length,
-        smoothing=args.smoothing,
-        margin=args.margin,
-        regions=args.regions,
-    )
+    with _flag_names(flags):
+        result = analyze_curves(  # float64 in: the authors' rule computes in float64
+            torch.tensor(clean, dtype=torch.float64),
+            torch.tensor(perturbed, dtype=torch.float64),
+            args.onset,
+            args.length,
+            smoothing=args.smoothing,
+            margin=args.margin,
+            regions=args.regions,
+        )
     record = result.to_records()[0]
     out: dict[str, Any] = {
         "onset": args.onset,
@@ -265,25 +414,36 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- probe
+def _items(name: str, text: str, what: str) -> list[str]:
+    """The comma-separated items of ``text``; an empty item (``5,,10``) is an error."""
+    items = [v.strip() for v in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated {what} for {name} but got {text!r}, which has an empty item"
+        )
+    return items
+
+
 def _int_list(name: str) -> Callable[[str], tuple[int, ...]]:
+    """Parse ``5,10,50``; the values are checked by ``ProbeSpec`` (positive, distinct)."""
+
     def parse(text: str) -> tuple[int, ...]:
+        items = _items(name, text, "integers")
         try:
-            values = tuple(int(v) for v in text.split(",") if v.strip())
+            return tuple(int(v) for v in items)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated integers for {name} but got {text!r}"
             ) from None
-        if not values or any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(
-                f"expected positive integers for {name} but got {text!r}"
-            )
-        return values
 
     return parse
 
 
-def _str_list(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+def _str_list(name: str) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        return tuple(_items(name, text, "names"))
+
+    return parse
 
 
 def _add_probe_parser(sub: Any) -> None:
@@ -323,7 +483,7 @@ def _add_probe_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--noise",
-        type=_str_list,
+        type=_str_list("--noise"),
         default=("white",),
         help="noise colours, comma-separated (default white)",
     )
@@ -343,7 +503,9 @@ def _add_probe_parser(sub: Any) -> None:
     )
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8)
     p.add_argument("--precision", choices=("32", "bf16", "16"), default="32")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    )
     p.add_argument(
         "--description",
         default=None,
@@ -366,44 +528,65 @@ def _add_probe_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_probe)
 
 
+_PROBE_FLAGS = {
+    "onset": "--onset",
+    "lengths": "--lengths",
+    "noises": "--noise",
+    "level_dbfs": "--level-dbfs",
+    "level_db_rel": "--level-db-rel",
+    "mode": "--mode",
+    "shuffle_segments": "--shuffle",
+    "clip_seconds": "--clip-seconds",
+    "seed": "--seed",
+}
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
-    import torch
+    from lightning_noiseprobe.probe import ProbeSpec, find_audio_files
+    from lightning_noiseprobe.probe.result import OUTPUT_FILES
 
-    from lightning_noiseprobe.backends.base import get_backend
-    from lightning_noiseprobe.probe import ProbeSpec, build_probe_set, score_probe_set
-
+    # every check before any work: the spec, the device, the outputs, the inputs
     _check_regions_onset(args)
-    spec = ProbeSpec(
-        onset=args.onset,
-        lengths=args.lengths,
-        noises=args.noise,
-        level_dbfs=args.level_dbfs,
-        level_db_rel=args.level_db_rel,
-        mode=args.mode,
-        shuffle_segments=args.shuffle,
-        clip_seconds=args.clip_seconds,
-        seed=args.seed,
-        regions=args.regions,
-    )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NoiseProbeError(
-            f"Expected a CUDA device for --device {device} but none is available. Use --device cpu."
+    with _flag_names(_PROBE_FLAGS):
+        spec = ProbeSpec(
+            onset=args.onset,
+            lengths=args.lengths,
+            noises=args.noise,
+            level_dbfs=args.level_dbfs,
+            level_db_rel=args.level_db_rel,
+            mode=args.mode,
+            shuffle_segments=args.shuffle,
+            clip_seconds=args.clip_seconds,
+            seed=args.seed,
+            regions=args.regions,
         )
+    _check_level(args)
+    device = _device(args.device)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NoiseProbeError(f"Expected --out to be a folder but '{out}' is a file.")
+    _require_writable("--out", out, folder=True)
     from lightning_noiseprobe.probe.probeset import default_cache_dir
 
     if args.cache_dir is not None and args.cache_dir.lower() == "none":
         cache_dir = None
+    elif args.cache_dir:
+        cache_dir = Path(args.cache_dir)
+        _require_writable("--cache-dir", cache_dir, folder=True)
     else:
-        cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+        cache_dir = default_cache_dir()
+    files = find_audio_files(args.audio)
+    inputs = [("--audio", str(f)) for f in files]
+    if os.path.lexists(args.model):
+        inputs.append(("--model", args.model))
+    _check_outputs([("--out", out / name) for name in OUTPUT_FILES], inputs)
+
+    from lightning_noiseprobe.backends.base import get_backend
+    from lightning_noiseprobe.probe import build_probe_set, score_probe_set
+
     backend = get_backend(args.backend, model=args.model, device=device).load()
     backend.lm.eval()
     probe_set = build_probe_set(
         backend,
-        args.audio,
+        [str(f) for f in files],
         spec,
         descriptions=args.description,
         cache_dir=cache_dir,
@@ -419,7 +602,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         model_name=args.model,
     )
-    written = result.save(out, figures=not args.no_figures)
+    try:
+        written = result.save(out, figures=not args.no_figures)
+    except OSError as err:
+        raise NoiseProbeError(
+            f"Could not write the results to --out '{out}': {err.strerror or err}."
+            f" Nothing was changed in '{out}'; free space or choose another --out."
+        ) from err
     print(
         format_summary(
             result.summary,
@@ -478,6 +667,7 @@ def _add_demo_parser(sub: Any) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lightning_noiseprobe.demo import run_demo
 
+    _require_writable("--workdir", args.workdir, folder=True)
     run_demo(
         workdir=args.workdir,
         epochs=args.epochs,
@@ -528,6 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="replace",
         help="replace the window (paper Eq. 2, default) or add noise to it",
     )
+    p.add_argument(
+        "--allow-clipping",
+        action="store_true",
+        help="accept a noise level above 0 dBFS; the noisy samples are clipped to [-1, 1]",
+    )
     p.set_defaults(func=_cmd_inject)
 
     p = sub.add_parser(
@@ -572,15 +767,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--smoothing",
-        type=_positive_int("--smoothing"),
+        type=_integer("--smoothing"),
         default=5,
-        help="moving-average and running-median window (default 5)",
+        help="moving-average and running-median window, odd (default 5)",
     )
     p.add_argument(
         "--margin",
-        type=_positive_int("--margin", minimum=0),
+        type=_integer("--margin"),
         default=5,
-        help="tokens after the window where Assimilation ends and Recovery starts (default 5; default rule only)",
+        help="tokens after the window where Assimilation ends and Recovery starts, >= 0 (default 5; default rule only)",
     )
     _add_regions_arg(p)
     p.add_argument("--json", metavar="OUT", help="also write the result to this JSON file")

@@ -19,8 +19,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -515,9 +513,12 @@ class MusicGenLightningModule(pl.LightningModule):
 
         * audiocraft: audiocraft's export format (``state_dict.bin``,
           ``compression_state_dict.bin``), which
-          ``audiocraft.models.MusicGen.get_pretrained(folder)`` also loads. A
-          new folder is written beside its final place and renamed into it;
-          files in an existing folder are each replaced atomically.
+          ``audiocraft.models.MusicGen.get_pretrained(folder)`` also loads. Both
+          files are written into a temporary folder and moved into place
+          together (:func:`lightning_noiseprobe._io.atomic_dir`); in an existing
+          folder they replace an earlier export and other files are kept.
+          Files and folder get the usual permissions (``0o666``/``0o777``
+          less the umask).
         * transformers: ``save_pretrained`` (model and tokenizer) through
           :meth:`TransformersBackend.save
           <lightning_noiseprobe.backends.transformers.TransformersBackend.save>`,
@@ -535,8 +536,9 @@ class MusicGenLightningModule(pl.LightningModule):
             NoiseProbeError: (transformers) if ``folder`` exists and holds
                 something other than an earlier save.
         """
+        from lightning_noiseprobe._io import atomic_dir
         from lightning_noiseprobe._sharding import fsdp2_modules
-        from lightning_noiseprobe.backends.audiocraft import save_audiocraft_export
+        from lightning_noiseprobe.backends.audiocraft import EXPORT_FILES, save_audiocraft_export
 
         if fsdp2_modules(self.lm):
             raise NoiseProbeError(
@@ -549,24 +551,9 @@ class MusicGenLightningModule(pl.LightningModule):
         if isinstance(backend, TransformersBackend):
             return backend.save(folder)
         codec_file = getattr(backend, "codec_source", None)
-        if folder.is_dir():
-            return save_audiocraft_export(backend.musicgen, folder, codec_file=codec_file)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        try:
+        with atomic_dir(folder, owned=EXPORT_FILES) as tmp:
             save_audiocraft_export(backend.musicgen, tmp, codec_file=codec_file)
-            os.chmod(tmp, 0o777 & ~_umask())
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _move_backend(backend: Any, device: torch.device) -> None:

@@ -80,7 +80,7 @@ def test_load_corrupt_file(tmp_path: Path) -> None:
     with pytest.raises(NoiseProbeError) as err:
         load_audio(path)
     msg = str(err.value)
-    assert f"Could not read audio file '{path}'" in msg
+    assert f"Could not decode audio file '{path}'" in msg and "does not exist" not in msg
     assert "Check that it is a valid wav/flac/ogg/mp3 file." in msg
 
 

@@ -224,20 +224,6 @@ def _bad_cases(tmp):
             ["shuffle", good, tmp / "o.wav", "--onset", 350, "--length", 200],
             "onset",
         ),
-        "negative margin": (
-            [
-                "analyze",
-                "--clean",
-                long,
-                "--perturbed",
-                long,
-                "--margin",
-                -1,
-                "--json",
-                tmp / "o.json",
-            ],
-            "--margin",
-        ),
     }
 
 
@@ -256,7 +242,6 @@ BAD_CASES = [
     "csv with nan",
     "window past csv end",
     "shuffle past end",
-    "negative margin",
 ]
 
 

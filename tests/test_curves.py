@@ -217,7 +217,9 @@ def test_moving_average_edges():
         ({"length": -3}, "`length` to be positive"),
         ({"onset": 25, "length": 10}, "inside the 30-token curve"),
         ({"clean": torch.zeros(0), "perturbed": torch.zeros(0)}, "non-empty"),
-        ({"smoothing": 4}, "`window` to be a positive odd"),
+        ({"smoothing": 4}, "`smoothing` to be a positive odd"),
+        ({"smoothing": 31}, "`smoothing` to be at most the curve length"),
+        ({"margin": -100}, "`margin` to be a number of tokens >= 0"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(kwargs, match):

@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from codec_helpers import assert_codes_match
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_noiseprobe._errors import NoiseProbeError
@@ -151,7 +152,10 @@ def test_loss_matches_backend_and_training_reduces_ce() -> None:
     assert codes.shape == (2, 4, 150) and codes.dtype == torch.long
 
     reference = AudiocraftBackend(model="tiny", seed=0).load()
-    torch.testing.assert_close(codes, reference.encode(batch["wav"]), rtol=0, atol=0)
+    # another instance with the same weights: equal up to quantizer near-ties
+    assert_codes_match(
+        codes, reference.encode(batch["wav"]), codec=reference.codec, wav=batch["wav"]
+    )
     with torch.no_grad():
         want, want_q = codebook_cross_entropy(*reference.token_nll(codes, batch["description"]))
     trainer = _trainer(max_steps=1, limit_val_batches=1)

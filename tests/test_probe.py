@@ -231,8 +231,12 @@ def test_cli_probe_missing_audio(tmp_path, capsys):
         ({"mode": "mix"}, "`mode`"),
         ({"clip_seconds": -1.0}, "`clip_seconds`"),
         ({"lengths": (), "shuffle_segments": ()}, "at least one"),
-        ({"margin": -1}, "`margin` to be a non-negative"),
-        ({"smoothing": 4}, "`smoothing` to be a positive odd"),
+        ({"lengths": (5, 10, 5)}, "`lengths` to hold distinct values"),
+        ({"noises": ("white", "white")}, "`noises` to hold distinct values"),
+        ({"shuffle_segments": (10, 10)}, "`shuffle_segments` to hold distinct values"),
+        ({"smoothing": 4}, "`smoothing`"),
+        ({"margin": -1}, "`margin`"),
+        ({"level_dbfs": float("inf")}, "`level_dbfs`"),
     ],
 )
 def test_spec_validation(kwargs, match):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -307,14 +306,10 @@ def _init_codebooks_from_audio(
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from lightning_noiseprobe._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_audiocraft_export(
@@ -424,6 +419,104 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
+#: How ``torch.save``'s legacy (pre-zip) format begins: pickle protocol 2, then its magic number.
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    """``text`` on one line (whitespace runs collapsed, no final period), at most ``limit`` characters."""
+    text = " ".join(text.split()).rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _export_file_message(path: Path, problem: str) -> str:
+    return (
+        f"Expected '{path}' to be an audiocraft export file (torch.save of a dict with "
+        f"'xp.cfg', a YAML string, and 'best_state', the weights) but {problem}. "
+        "Re-export the model from a trusted environment with `save_audiocraft_export` or "
+        "`audiocraft.utils.export`, or download it again."
+    )
+
+
+def _export_file_problem(path: Path) -> str | None:
+    """What is wrong with one export file, or ``None`` if audiocraft's loader may try it.
+
+    Checks what can be checked without audiocraft and without reading the
+    weights (``torch.load`` with ``mmap=True``): the file is not empty, is a
+    complete torch archive, loads with ``weights_only=True`` (no pickled code),
+    holds ``xp.cfg`` as valid YAML and ``best_state`` as a dict of tensors.
+    """
+    import re
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(len(_TORCH_LEGACY_MAGIC))
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as err:
+        return f"it cannot be read ({type(err).__name__}: {_one_line(str(err))})"
+    if size == 0:
+        return "it is empty (0 bytes)"
+    if not is_zip and head.startswith(b"PK"):
+        return f"it is truncated or damaged: a zip archive of {size} bytes without its end record"
+    if not is_zip and not head.startswith(_TORCH_LEGACY_MAGIC):
+        return (
+            f"it is not a torch file at all ({size} bytes starting with {head[:8].hex(' ')}, "
+            "neither a zip archive nor torch's legacy format)"
+        )
+    try:
+        package = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as err:
+        # torch names the refused object: "Unsupported global: GLOBAL a.b" or "unsupported GLOBAL a.b"
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (`{refused.group(1)}`)" if refused else ""
+        return (
+            f"it holds pickled Python objects{what} that torch's safe `weights_only=True` "
+            "loading refuses to run (an old export's `xp.cfg` is a pickled OmegaConf "
+            "object; a hostile file may run code)"
+        )
+    except Exception as err:  # damaged archive members, unknown formats
+        return f"torch.load cannot read it ({type(err).__name__}: {_one_line(str(err))})"
+    if not isinstance(package, dict):
+        return f"it holds a {type(package).__name__}, not a dict"
+    if "pretrained" in package:  # a codec file naming a pretrained codec (audiocraft's format)
+        return None
+    missing = [key for key in ("xp.cfg", "best_state") if key not in package]
+    if missing:
+        return f"it has no {' or '.join(map(repr, missing))} entry (its keys: {sorted(map(str, package))})"
+    cfg = package["xp.cfg"]
+    if isinstance(cfg, str):
+        from omegaconf import DictConfig, OmegaConf
+
+        try:
+            parsed = OmegaConf.create(cfg)  # what audiocraft's loaders do
+        except Exception as err:
+            return f"its 'xp.cfg' is not valid YAML ({type(err).__name__}: {_one_line(str(err))})"
+        if not isinstance(parsed, DictConfig):
+            return f"its 'xp.cfg' is YAML for a {type(parsed).__name__}, not a mapping of settings"
+    elif not isinstance(cfg, dict):
+        return f"its 'xp.cfg' is a {type(cfg).__name__}, not a YAML string"
+    state = package["best_state"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "its 'best_state' is not a dict of tensors"
+    return None
+
+
+def _load_failure(err: BaseException) -> str:
+    """The problem, in words, behind an exception of audiocraft's loader on a checked file."""
+    text = str(err)
+    if isinstance(err, RuntimeError) and "Error(s) in loading state_dict" in text:
+        details = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+        first = _one_line(details[0]) if details else ""
+        more = f" and {len(details) - 1} more" if len(details) > 1 else ""
+        return f"its 'best_state' does not fit the model its 'xp.cfg' describes ({first}{more})"
+    return (
+        f"audiocraft cannot build the model its 'xp.cfg' describes "
+        f"({type(err).__name__}: {_one_line(str(err))})"
+    )
+
+
 @register_backend("audiocraft")
 class AudiocraftBackend(ProbeBackend):
     """MusicGen through audiocraft: frozen EnCodec plus the LM that fine-tunes.
@@ -507,18 +600,20 @@ class AudiocraftBackend(ProbeBackend):
         """Build (``"tiny"``) or load the weights. Idempotent. Returns ``self``.
 
         Raises:
-            NoiseProbeError: if a folder lacks the export files, holds an
-                unsafe (pickled) config, or a hub id cannot be reached.
+            NoiseProbeError: if a folder lacks the export files, a file is
+                damaged (empty, truncated, not a torch file, no or invalid
+                ``xp.cfg``, weights that do not fit its config) or holds pickled
+                objects, or a hub id cannot be reached. The message names the file.
         """
         if self._musicgen is not None:
             return self
-        from audiocraft.models.musicgen import MusicGen
-
         if self.model == "tiny":
             name = "tiny"
             lm, codec = _build_tiny_parts(self.seed, self.tiny_config)
         else:
             name, lm, codec = self._load_pretrained()
+        from audiocraft.models.musicgen import MusicGen
+
         lm = lm.to(device=self._device, dtype=self.dtype).eval()
         codec = codec.to(self._device).eval()
         codec.requires_grad_(False)
@@ -533,9 +628,12 @@ class AudiocraftBackend(ProbeBackend):
         return self
 
     def _load_pretrained(self) -> tuple[str, Any, Any]:
-        """Load ``(name, lm, codec)`` on CPU in float32 from a folder or the hub."""
-        from audiocraft.models import loaders
+        """Load ``(name, lm, codec)`` on CPU in float32 from a folder or the hub.
 
+        Each export file is checked first (:func:`_export_file_problem`, without
+        importing audiocraft), then loaded by audiocraft's own loaders; any
+        failure becomes one :class:`NoiseProbeError` naming the file and the problem.
+        """
         model = self.model
         if os.path.isdir(model):
             folder = model
@@ -558,27 +656,31 @@ class AudiocraftBackend(ProbeBackend):
             model = _HUB_SHORT_NAMES.get(model, model)
             folder = self._download_from_hub(model)
             source = f"hub id {model!r}"
+        lm_file, codec_file = (Path(folder) / f for f in EXPORT_FILES)
+        for path in (lm_file, codec_file):
+            problem = _export_file_problem(path)
+            if problem is not None:
+                raise NoiseProbeError(_export_file_message(path, problem))
+
+        from audiocraft.models import loaders
 
         # Both loaders use torch.load's default weights_only=True (torch >= 2.6).
         try:
             lm = loaders.load_lm_model(folder, device="cpu")  # float32 on CPU
+        except Exception as err:
+            raise NoiseProbeError(_export_file_message(lm_file, _load_failure(err))) from err
+        try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
                 codec = loaders.load_compression_model(folder, device="cpu")
-        except pickle.UnpicklingError as err:
-            raise NoiseProbeError(
-                f"Expected the audiocraft export of {source} to load with torch's safe "
-                "`weights_only=True` but it holds pickled objects (an old export whose "
-                "`xp.cfg` is a pickled OmegaConf object, not a YAML string). Re-export it "
-                "with `audiocraft.utils.export` or `save_audiocraft_export` from a trusted "
-                "environment."
-            ) from err
-        except OSError as err:  # the codec may point at another hub model
+        except OSError as err:  # the codec may point at another hub model ('pretrained')
             raise NoiseProbeError(self._hub_message(source, err)) from err
+        except Exception as err:
+            raise NoiseProbeError(_export_file_message(codec_file, _load_failure(err))) from err
         if "self_wav" in lm.condition_provider.conditioners:  # as MusicGen.get_pretrained
             lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
             lm.condition_provider.conditioners["self_wav"]._use_masking = False
-        self.codec_source = Path(folder) / EXPORT_FILES[1]
+        self.codec_source = codec_file
         return model, lm, codec
 
     def _hub_message(self, source: str, err: BaseException) -> str:
@@ -702,7 +804,20 @@ class AudiocraftBackend(ProbeBackend):
 
     # -- compute --------------------------------------------------------------
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        """Tokenize audio with the frozen codec (under ``torch.no_grad()``).
+        """Tokenize audio with the frozen codec, exactly as audiocraft does.
+
+        The same call as the MusicGen solver's and ``MusicGen``'s
+        ``_prepare_tokens_and_attributes``: ``compression_model.encode(wav)``
+        under ``torch.no_grad()``, outside autocast, refusing a codec that
+        returns a scale. ``no_grad`` matters for more than memory: with grad
+        mode on, PyTorch runs the codec's LSTM with oneDNN's forward-training
+        kernel, whose float32 rounding differs from the inference kernel's, and
+        near-tied codes flip (4 of 320 codes on an AMD EPYC).
+
+        Codes are bitwise reproducible for the same input, batch shape, machine
+        and thread count. Another thread count (1x1 convolutions switch between
+        oneDNN and im2col+GEMM), batch shape (the LSTM kernel) or CPU changes the
+        latents by about one ulp and may flip near-tied codes.
 
         Args:
             wav: ``[B, C, S]`` float waveform at :attr:`sample_rate` with :attr:`channels` channels.
@@ -721,7 +836,12 @@ class AudiocraftBackend(ProbeBackend):
             codec_device = next(codec.parameters()).device
             # fp32 whatever the caller's autocast: codes must not depend on the trainer's precision
             with torch.autocast(codec_device.type, enabled=False):
-                codes, _scale = codec.encode(wav.to(codec_device, torch.float32))
+                codes, scale = codec.encode(wav.to(codec_device, torch.float32))
+        if scale is not None:  # audiocraft asserts the same: its LMs model unscaled codes
+            raise NoiseProbeError(
+                f"Expected a codec without renormalisation (MusicGen's) but {self.model!r} "
+                "returns a scale per clip; such codecs are not supported with an LM."
+            )
         return codes.long()
 
     def _condition_tensors(self, batch: int, descriptions: Sequence[str | None] | None) -> Any:

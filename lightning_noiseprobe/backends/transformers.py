@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -273,17 +271,6 @@ def delayed_lm_logits(
     return aligned, mask
 
 
-def _atomic_replace_dir(tmp: Path, folder: Path) -> None:
-    """Move the finished ``tmp`` folder to ``folder``, replacing an earlier save there."""
-    if not folder.exists():
-        os.replace(tmp, folder)
-        return
-    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
-    os.replace(folder, old / folder.name)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 @register_backend("transformers")
 class TransformersBackend(ProbeBackend):
     """MusicGen through Hugging Face transformers (``MusicgenForConditionalGeneration``).
@@ -499,16 +486,12 @@ class TransformersBackend(ProbeBackend):
                 f"Expected argument `folder` to be a new or empty folder, or an earlier save, "
                 f"but {str(folder)!r} exists and holds something else. Choose another folder."
             )
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-        try:
+        from lightning_noiseprobe._io import atomic_dir
+
+        with atomic_dir(folder) as tmp:
             model.save_pretrained(tmp)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
-            _atomic_replace_dir(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     def _require_loaded(self) -> MusicgenForConditionalGeneration:

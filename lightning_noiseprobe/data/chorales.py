@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -309,15 +308,10 @@ def make_description(metadata: Mapping[str, Any], timbre: str | None = None) -> 
 
 def _write_atomic(path: Path, write: Any) -> None:
     """Call ``write(temporary_path)`` then move the result onto ``path`` in one step."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from lightning_noiseprobe._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -70,6 +70,7 @@ bit for bit (see :func:`authors_regions`).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,7 @@ __all__ = [
     "CurveAnalysis",
     "analyze_curves",
     "authors_regions",
+    "check_region_settings",
     "codebook_average",
     "detect_regions",
     "first_differing_token",
@@ -239,6 +241,35 @@ def moving_average(
     return out.reshape(x.shape)
 
 
+def check_region_settings(smoothing: object, margin: object) -> None:
+    """Raise unless ``smoothing`` is a positive odd integer and ``margin`` an integer >= 0.
+
+    These are the region-detection settings of :func:`analyze_curves` (and of
+    ``ProbeSpec``); a negative margin would start Recovery inside the injection
+    window.
+
+    Example:
+        >>> check_region_settings(5, 0)
+        >>> check_region_settings(4, 5)
+        Traceback (most recent call last):
+        ...
+        lightning_noiseprobe._errors.NoiseProbeError: Expected argument `smoothing` to be a positive odd number of tokens but got 4.
+    """
+    if (
+        isinstance(smoothing, bool)
+        or not isinstance(smoothing, numbers.Integral)
+        or smoothing < 1
+        or smoothing % 2 == 0
+    ):
+        raise NoiseProbeError(
+            f"Expected argument `smoothing` to be a positive odd number of tokens but got {smoothing!r}."
+        )
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Integral) or margin < 0:
+        raise NoiseProbeError(
+            f"Expected argument `margin` to be a number of tokens >= 0 but got {margin!r}."
+        )
+
+
 def moving_median(
     x: torch.Tensor, window: int = 5, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -337,10 +368,7 @@ def detect_regions(
     """
     if run < 1:
         raise NoiseProbeError(f"Expected argument `run` to be a positive integer but got {run}.")
-    if margin < 0:
-        raise NoiseProbeError(
-            f"Expected argument `margin` to be a non-negative integer but got {margin}."
-        )
+    check_region_settings(smoothing, margin)
     T = delta.shape[-1]
     batch = delta.shape[:-1]
     device = delta.device
@@ -664,7 +692,8 @@ def analyze_curves(
 
     Raises:
         NoiseProbeError: on shape mismatch, NaN/inf losses, empty curves,
-            a non-positive length or a window outside the clip.
+            a non-positive length, a window outside the clip, or bad
+            ``smoothing``/``margin`` (:func:`check_region_settings`).
 
     Example:
         >>> T = 40
@@ -682,6 +711,7 @@ def analyze_curves(
         raise NoiseProbeError(
             f"Expected argument `regions` to be one of {list(REGION_RULES)} but got {regions!r}."
         )
+    check_region_settings(smoothing, margin)
     if clean.shape != perturbed.shape:
         raise NoiseProbeError(
             f"Expected clean and perturbed curves of the same shape but got {tuple(clean.shape)}"
@@ -690,6 +720,10 @@ def analyze_curves(
     if clean.ndim == 0 or clean.shape[-1] == 0:
         raise NoiseProbeError(f"Expected non-empty loss curves but got shape {tuple(clean.shape)}.")
     T = clean.shape[-1]
+    if smoothing > T:
+        raise NoiseProbeError(
+            f"Expected argument `smoothing` to be at most the curve length ({T} tokens) but got {smoothing}."
+        )
     batch = clean.shape[:-1]
     device = clean.device
     if valid is None:

@@ -3,12 +3,21 @@
 Because the codec is frozen while the LM fine-tunes, a probe set is encoded
 once and cached (in memory, and on disk keyed by a hash of the audio, the
 spec and the codec weights), so repeated probing costs only LM forward passes.
+
+The disk cache never harms a run: an entry is used only if it loads and
+passes validation (shapes, dtype, codes within the codec's cardinality, and
+the SHA-256 checksum stored with it); otherwise it is rebuilt with a warning
+naming the file and the problem, and overwritten atomically. A cache folder
+that cannot be written (read-only, or under a file) is reported once and the
+run goes on without writing to it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +58,8 @@ AudioSource = (
 # process-wide memory cache: cache key -> (clean codes, perturbed codes)
 _MEMORY_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 _MEMORY_CACHE_MAX = 4096
+# cache folders already reported as unwritable in this process (warn once each)
+_UNWRITABLE_WARNED: set[str] = set()
 
 
 def default_cache_dir() -> Path:
@@ -83,7 +94,11 @@ def find_audio_files(
         elif path.is_file():
             files.append(path)
         else:
-            raise NoiseProbeError(f"Expected an audio file or folder but '{path}' does not exist.")
+            from lightning_noiseprobe._io import path_kind
+
+            kind = path_kind(path)
+            state = "does not exist" if kind == "missing" else f"is {kind}"
+            raise NoiseProbeError(f"Expected an audio file or folder but '{path}' {state}.")
     return files
 
 
@@ -172,12 +187,64 @@ def _cache_key(audio_hash: str, spec: ProbeSpec, backend: ProbeBackend, codec_ha
             "sample_rate": backend.sample_rate,
             "channels": backend.channels,
             "frame_rate": backend.frame_rate,
-            "format": 1,
+            "format": 2,  # 2: entries carry a checksum
         }
     )
 
 
-def _load_cached(cache_dir: Path | None, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+@dataclass(frozen=True)
+class _EntryLayout:
+    """What a cache entry of one clip must look like."""
+
+    codebooks: int
+    cardinality: int
+    perturbations: int
+    min_frames: int  # the codec gives floor or ceil(samples / hop) frames
+    max_frames: int
+
+
+def _entry_checksum(clean: torch.Tensor, perturbed: torch.Tensor) -> str:
+    """SHA-256 over both code tensors (dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    hash_tensor(clean, h)
+    return hash_tensor(perturbed, h)
+
+
+def _entry_problem(data: Any, layout: _EntryLayout) -> str | None:
+    """What is wrong with a loaded cache entry, or ``None`` if it is valid."""
+    if not isinstance(data, dict) or not {"clean", "perturbed", "checksum"} <= data.keys():
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        return f"expected a dict with 'clean', 'perturbed' and 'checksum' but got {found}"
+    clean, perturbed = data["clean"], data["perturbed"]
+    for name, t in (("clean", clean), ("perturbed", perturbed)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.long:
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            return f"expected '{name}' codes of dtype torch.int64 but got {got}"
+    K, P = layout.codebooks, layout.perturbations
+    if clean.dim() != 2 or clean.shape[0] != K:
+        return f"expected 'clean' codes of shape [{K}, T] but got {tuple(clean.shape)}"
+    T = clean.shape[1]
+    if not layout.min_frames <= T <= layout.max_frames:
+        return (
+            f"expected {layout.min_frames} to {layout.max_frames} frames for this clip "
+            f"but 'clean' has {T}"
+        )
+    if tuple(perturbed.shape) != (P, K, T):
+        return f"expected 'perturbed' codes of shape {(P, K, T)} but got {tuple(perturbed.shape)}"
+    for name, t in (("clean", clean), ("perturbed", perturbed)):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= layout.cardinality):
+            return (
+                f"expected '{name}' codes in [0, {layout.cardinality}) but found "
+                f"{int(t.min())} to {int(t.max())}"
+            )
+    if data["checksum"] != _entry_checksum(clean, perturbed):
+        return "the checksum does not match the codes (the file was changed or damaged)"
+    return None
+
+
+def _load_cached(
+    cache_dir: Path | None, key: str, layout: _EntryLayout
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     if key in _MEMORY_CACHE:
         return _MEMORY_CACHE[key]
     if cache_dir is None:
@@ -187,12 +254,21 @@ def _load_cached(cache_dir: Path | None, key: str) -> tuple[torch.Tensor, torch.
         return None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-        entry = (data["clean"], data["perturbed"])
     except Exception as err:  # a corrupt cache file is rebuilt, never trusted
         log.warning(
-            "Ignoring unreadable probe cache file '%s' (%s); it will be rebuilt.", path, err
+            "Ignoring unreadable probe cache file '%s' (%s: %s); it will be rebuilt.",
+            path,
+            type(err).__name__,
+            err,
         )
         return None
+    problem = _entry_problem(data, layout)
+    if problem is not None:
+        log.warning(
+            "Ignoring invalid probe cache file '%s': %s; it will be rebuilt.", path, problem
+        )
+        return None
+    entry = (data["clean"], data["perturbed"])
     _remember(key, entry)
     return entry
 
@@ -205,14 +281,41 @@ def _remember(key: str, entry: tuple[torch.Tensor, torch.Tensor]) -> None:
 
 def _store_cached(
     cache_dir: Path | None, key: str, entry: tuple[torch.Tensor, torch.Tensor]
-) -> None:
+) -> bool:
+    """Remember ``entry`` and write it to ``cache_dir`` atomically.
+
+    Returns ``False`` if the folder cannot be written (reported once per folder
+    and process); the caller then stops writing to it.
+    """
     _remember(key, entry)
     if cache_dir is None:
-        return
+        return True
     from lightning_noiseprobe._io import atomic_path
 
-    with atomic_path(cache_dir / f"{key}.pt") as tmp:
-        torch.save({"clean": entry[0], "perturbed": entry[1]}, tmp)
+    clean, perturbed = entry
+    try:
+        with atomic_path(cache_dir / f"{key}.pt") as tmp:
+            torch.save(
+                {
+                    "clean": clean,
+                    "perturbed": perturbed,
+                    "checksum": _entry_checksum(clean, perturbed),
+                },
+                tmp,
+            )
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        if str(cache_dir) not in _UNWRITABLE_WARNED:
+            _UNWRITABLE_WARNED.add(str(cache_dir))
+            log.warning(
+                "Cannot write the probe token cache folder '%s' (%s: %s); running without "
+                "writing to it (probe sets are encoded again in each run). Pass another "
+                "cache folder (`cache_dir`, `--cache-dir`, $NOISEPROBE_CACHE) or 'none'.",
+                cache_dir,
+                type(err).__name__,
+                err,
+            )
+        return False
+    return True
 
 
 def clear_memory_cache() -> None:
@@ -316,6 +419,8 @@ def build_probe_set(
         descriptions: one text for all clips, one per clip, or ``None`` to read
             audiocraft-style ``.json`` sidecars (``{"description": ...}``).
         cache_dir: folder for the on-disk token cache (``None``: memory only).
+            Invalid entries are rebuilt with a warning; a folder that cannot be
+            written is reported once and only read.
         strict: raise on the first bad clip instead of skipping it.
         progress: show a progress bar.
         encode_batch_size: perturbed copies encoded per codec call. The default 1
@@ -332,6 +437,8 @@ def build_probe_set(
     spec = spec or ProbeSpec()
     perts = spec.perturbations()
     cache = Path(cache_dir) if cache_dir is not None else None
+    writable = True
+    num_codebooks, cardinality = int(backend.num_codebooks), int(backend.cardinality)
     codec_hash: str | None = None
     frame_rate = float(backend.frame_rate)
     sr = int(backend.sample_rate)
@@ -371,7 +478,11 @@ def build_probe_set(
             if codec_hash is None:
                 codec_hash = backend.codec_fingerprint()
             key = _cache_key(audio_hash, spec, backend, codec_hash)
-            entry = _load_cached(cache, key)
+            frames = wav.shape[-1] * frame_rate / sr
+            layout = _EntryLayout(
+                num_codebooks, cardinality, len(perts), math.floor(frames), math.ceil(frames)
+            )
+            entry = _load_cached(cache, key, layout)
             if entry is None:
                 perturbed = torch.stack(
                     [perturb_clip(wav, sr, frame_rate, spec, p, audio_hash) for p in perts]
@@ -382,7 +493,8 @@ def build_probe_set(
                     for i in range(0, len(perts), encode_batch_size)
                 ]
                 entry = (clean_codes, torch.cat(chunks))
-                _store_cached(cache, key, entry)
+                if not _store_cached(cache if writable else None, key, entry):
+                    writable = False  # keep reading valid entries, stop writing
                 encoded += 1
         except NoiseProbeError as err:
             if strict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,12 @@ from lightning_noiseprobe.functional.curves import EMPTY_COUNT_NAMES, METRIC_NAM
 if TYPE_CHECKING:
     from lightning_noiseprobe.probe.probeset import ProbeSet
 
-__all__ = ["SUMMARY_METRICS", "ProbeResult"]
+__all__ = ["FIGURE_FILES", "OUTPUT_FILES", "SUMMARY_METRICS", "ProbeResult"]
+
+#: The figures :meth:`ProbeResult.save` writes (paper Figs. 2-4).
+FIGURE_FILES = ("fig2_loss_vs_length.png", "fig3_loss_curves.png", "fig4_regions.png")
+#: Every file :meth:`ProbeResult.save` writes; a new save replaces all of them.
+OUTPUT_FILES = ("metrics.json", "curves.npz", *FIGURE_FILES)
 
 #: The headline metrics (``summary`` of ``metrics.json``; logged as ``noiseprobe/<name>``).
 SUMMARY_METRICS = (
@@ -166,17 +172,26 @@ class ProbeResult:
     def save(self, out_dir: str | os.PathLike[str], figures: bool = True) -> list[Path]:
         """Write ``metrics.json``, ``curves.npz`` and (optionally) the three figures.
 
-        Each file is written atomically. Returns the written paths.
+        All or nothing: the set is written into a temporary folder and moved into
+        ``out_dir`` at the end (see :func:`lightning_noiseprobe._io.atomic_dir`).
+        On a failure ``out_dir`` keeps its previous contents; on success the new
+        set replaces the files of :data:`OUTPUT_FILES` there (figures of an
+        earlier run are deleted when ``figures=False``), and other files in
+        ``out_dir`` are left alone. Returns the written paths.
         """
-        import numpy as np
-
-        from lightning_noiseprobe._io import atomic_path, atomic_write_json
+        from lightning_noiseprobe._io import atomic_dir
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written: list[Path] = []
-        atomic_write_json(out / "metrics.json", self.to_json())
-        written.append(out / "metrics.json")
+        with atomic_dir(out, owned=OUTPUT_FILES) as tmp:
+            names = self._write(tmp, figures)
+        return [out / name for name in names]
+
+    def _write(self, folder: Path, figures: bool) -> list[str]:
+        import numpy as np
+
+        from lightning_noiseprobe._io import atomic_write_json
+
+        atomic_write_json(folder / "metrics.json", self.to_json())
         arrays: dict[str, Any] = {
             "clips": np.array(self.clip_names),
             "perturbations": np.array([p.key for p in self.perturbations]),
@@ -191,23 +206,25 @@ class ProbeResult:
             "regions": self.analysis.regions.numpy(),
         }
         arrays.update({f"metric_{k}": v.numpy() for k, v in self.analysis.metrics().items()})
-        with atomic_path(out / "curves.npz") as tmp, open(tmp, "wb") as fh:
+        with open(folder / "curves.npz", "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        written.append(out / "curves.npz")
+        names = ["metrics.json", "curves.npz"]
         if figures:
             from lightning_noiseprobe import plots
 
-            for name, fig in (
-                ("fig2_loss_vs_length.png", plots.loss_vs_length(self)),
-                ("fig3_loss_curves.png", plots.loss_curves(self)),
-                ("fig4_regions.png", plots.region_distributions(self)),
-            ):
-                path = out / name
-                with atomic_path(path) as tmp:
-                    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-                plots.close(fig)
-                written.append(path)
-        return written
+            draws: tuple[Callable[[ProbeResult], Any], ...] = (
+                plots.loss_vs_length,
+                plots.loss_curves,
+                plots.region_distributions,
+            )
+            for name, draw in zip(FIGURE_FILES, draws, strict=True):
+                fig = draw(self)
+                try:
+                    fig.savefig(folder / name, dpi=110, bbox_inches="tight", format="png")
+                finally:
+                    plots.close(fig)
+                names.append(name)
+        return names
 
 
 assert set(SUMMARY_METRICS) - {"length_pearson", "length_spearman", "length_slope"} <= set(

@@ -90,6 +90,7 @@ class ProbeSpec:
     regions: str = "default"
 
     def __post_init__(self) -> None:
+        from lightning_noiseprobe.functional.curves import check_region_settings
         from lightning_noiseprobe.perturbations.noise import check_noise_color
 
         # accept lists (YAML / LightningCLI) but store tuples so the spec stays hashable
@@ -113,6 +114,14 @@ class ProbeSpec:
                 raise NoiseProbeError(
                     f"Expected argument `lengths` to hold positive integers but got {length!r}."
                 )
+        for name in ("lengths", "noises", "shuffle_segments"):
+            values = getattr(self, name)
+            repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if repeated:
+                raise NoiseProbeError(
+                    f"Expected argument `{name}` to hold distinct values but got {list(values)}"
+                    f" ({', '.join(map(str, repeated))} repeated)."
+                )
         if self.lengths and not self.noises:
             raise NoiseProbeError("Expected at least one noise colour in `noises` but got none.")
         for noise in self.noises:
@@ -124,7 +133,8 @@ class ProbeSpec:
         for seg in self.shuffle_segments:
             if not isinstance(seg, int) or seg <= 0 or 2 * seg > self.shuffle_length:
                 raise NoiseProbeError(
-                    f"Expected `shuffle_segments` to hold positive integers of at most half of shuffle_length={self.shuffle_length} but got {seg!r}."
+                    f"Expected argument `shuffle_segments` to hold positive integers of at most half of"
+                    f" the shuffle window ({self.shuffle_length} tokens) but got {seg!r}."
                 )
         from lightning_noiseprobe.functional.curves import AUTHORS_MIN_ONSET, REGION_RULES
 
@@ -137,15 +147,6 @@ class ProbeSpec:
                 f"Expected `onset` to be at least {AUTHORS_MIN_ONSET} tokens for regions='authors'"
                 f" (their baseline is the mean difference over the first onset - 50 tokens) but got {self.onset}."
             )
-        if not isinstance(self.smoothing, int) or self.smoothing < 1 or self.smoothing % 2 == 0:
-            raise NoiseProbeError(
-                f"Expected argument `smoothing` to be a positive odd integer but got {self.smoothing!r}."
-            )
-        if not isinstance(self.margin, int) or self.margin < 0:
-            raise NoiseProbeError(
-                f"Expected argument `margin` to be a non-negative integer (tokens after the window"
-                f" where Recovery starts) but got {self.margin!r}."
-            )
         if not (math.isfinite(self.clip_seconds) and self.clip_seconds > 0):
             raise NoiseProbeError(
                 f"Expected argument `clip_seconds` to be a positive number but got {self.clip_seconds!r}."
@@ -153,9 +154,11 @@ class ProbeSpec:
         if not math.isfinite(self.level_dbfs) or (
             self.level_db_rel is not None and not math.isfinite(self.level_db_rel)
         ):
+            bad = "level_dbfs" if not math.isfinite(self.level_dbfs) else "level_db_rel"
             raise NoiseProbeError(
-                f"Expected finite noise levels but got level_dbfs={self.level_dbfs}, level_db_rel={self.level_db_rel}."
+                f"Expected argument `{bad}` to be a finite level in dB but got {getattr(self, bad)!r}."
             )
+        check_region_settings(self.smoothing, self.margin)
 
     def perturbations(self) -> list[Perturbation]:
         """Every perturbation, noises first (by colour, then length), then shuffles."""
