@@ -162,22 +162,19 @@ def _linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 def naive_probe(backend: Any, files: list[Path], spec: Any) -> torch.Tensor:
     """The reference loop: re-encode every perturbed waveform, score one sequence at a time."""
-    from lightning_noiseprobe._hashing import hash_tensor
-    from lightning_noiseprobe.audio import convert_audio, load_audio
-    from lightning_noiseprobe.probe.probeset import _sidecar_description, perturb_clip
+    from lightning_noiseprobe.audio import load_audio
+    from lightning_noiseprobe.probe.probeset import _sidecar_description, prepare_clip
 
     sr, fr = backend.sample_rate, backend.frame_rate
     out = []
     with torch.no_grad():
         for path in files:
             wav, wav_sr = load_audio(path)
-            wav = convert_audio(wav.float(), wav_sr, sr, backend.channels)
-            wav = wav[..., : int(spec.clip_seconds * sr)]
+            clip = prepare_clip(
+                wav, wav_sr, spec, sample_rate=sr, channels=backend.channels, frame_rate=fr
+            )
             description = _sidecar_description(path)
-            audio_hash = hash_tensor(wav)
-            variants = [wav] + [
-                perturb_clip(wav, sr, fr, spec, p, audio_hash) for p in spec.perturbations()
-            ]
+            variants = [clip.clean] + [clip.perturbed(p) for p in spec.perturbations()]
             for variant in variants:
                 codes = backend.encode(variant[None])
                 nll, _mask = backend.token_nll(codes, [description])  # compute_predictions

@@ -114,9 +114,17 @@ class NoiseProbeCallback(Callback):
             defaults follow the paper.
         regions: region rule, ``"default"`` or ``"authors"`` (the paper's own code; see
             :class:`ProbeSpec`).
+        inject_at, nested_noise: where clips are perturbed (``"source"``: at the
+            file's own rate and channels, then converted, the paper's protocol) and
+            whether one noise draw serves every length (see :class:`ProbeSpec`).
+        delete_lengths, reorder_lengths, reorder_segment, bandstop_lengths, bandstop_band:
+            token deletions, random variable-length reorderings and band-stops at
+            ``onset`` (see :class:`ProbeSpec`).
         spec: a full :class:`ProbeSpec` instead of the arguments above.
         descriptions: text condition for every clip (``None``: ``.json`` sidecars,
             else unconditional).
+        unconditional: score every clip without text, even with sidecars (the paper
+            authors' setting); not together with ``descriptions``.
         every_n_epochs: probe every n-th epoch (count from 1). Monitoring callbacks
             should then run only on probed epochs.
         batch_size: sequences per forward pass.
@@ -145,8 +153,16 @@ class NoiseProbeCallback(Callback):
         clip_seconds: float = 15.0,
         seed: int = 0,
         regions: str = "default",
+        inject_at: str = "source",
+        nested_noise: bool = True,
+        delete_lengths: Sequence[int] = (),
+        reorder_lengths: Sequence[int] = (),
+        reorder_segment: Sequence[int] = (5, 50),
+        bandstop_lengths: Sequence[int] = (),
+        bandstop_band: Sequence[float] = (2000.0, 20000.0),
         spec: ProbeSpec | None = None,
         descriptions: str | None = None,
+        unconditional: bool = False,
         every_n_epochs: int = 1,
         batch_size: int = 8,
         precision: str | None = None,
@@ -173,7 +189,23 @@ class NoiseProbeCallback(Callback):
             clip_seconds=clip_seconds,
             seed=seed,
             regions=regions,
+            inject_at=inject_at,
+            nested_noise=nested_noise,
+            delete_lengths=tuple(delete_lengths),
+            reorder_lengths=tuple(reorder_lengths),
+            reorder_segment=tuple(reorder_segment),  # type: ignore[arg-type]
+            bandstop_lengths=tuple(bandstop_lengths),
+            bandstop_band=tuple(bandstop_band),  # type: ignore[arg-type]
         )
+        if not isinstance(unconditional, bool):
+            raise NoiseProbeError(
+                f"Expected argument `unconditional` to be True or False but got {unconditional!r}."
+            )
+        if unconditional and descriptions is not None:
+            raise NoiseProbeError(
+                f"Expected either `descriptions` or `unconditional=True` but got both (descriptions={descriptions!r});"
+                " drop one of them."
+            )
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise NoiseProbeError(
                 f"Expected argument `every_n_epochs` to be a positive integer but got {every_n_epochs!r}."
@@ -196,6 +228,7 @@ class NoiseProbeCallback(Callback):
             )
         self.probe_audio = probe_audio
         self.descriptions = descriptions
+        self.unconditional = unconditional
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.precision = None if precision is None else str(precision)
@@ -600,6 +633,7 @@ class NoiseProbeCallback(Callback):
                 self._audio_files,
                 self.spec,
                 descriptions=self.descriptions,
+                unconditional=self.unconditional,
                 cache_dir=cache,
             )
             for skipped in self._probe_set.skipped:
@@ -744,20 +778,25 @@ class NoiseProbeCallback(Callback):
         writer.flush()
 
     def _log_audio_examples(self, writer: Any, step: int) -> None:
-        from lightning_noiseprobe.audio import convert_audio, load_audio
-        from lightning_noiseprobe.probe.probeset import perturb_clip
+        from lightning_noiseprobe.audio import load_audio
+        from lightning_noiseprobe.probe.probeset import prepare_clip
 
         assert self._probe_set is not None
         ps = self._probe_set
         clip = ps.clips[0]
         wav, sr = load_audio(clip.name)
-        wav = convert_audio(wav, sr, ps.sample_rate, ps.channels)[
-            ..., : round(ps.spec.clip_seconds * ps.sample_rate)
-        ]
+        prepared = prepare_clip(
+            wav,
+            sr,
+            ps.spec,
+            sample_rate=ps.sample_rate,
+            channels=ps.channels,
+            frame_rate=ps.frame_rate,
+        )
         pert = max(ps.perturbations, key=lambda p: p.length)
-        perturbed = perturb_clip(wav, ps.sample_rate, ps.frame_rate, ps.spec, pert, clip.audio_hash)
+        perturbed = prepared.perturbed(pert)
         for tag, audio in (
-            (f"{self.prefix}/audio/clean", wav),
+            (f"{self.prefix}/audio/clean", prepared.clean),
             (f"{self.prefix}/audio/{pert.group}_len{pert.length}", perturbed),
         ):
             writer.add_audio(

@@ -4,6 +4,9 @@ Sub-commands (each documented by ``noiseprobe <command> --help``):
 
 * ``inject``   write a copy of an audio file with noise injected in a token window;
 * ``shuffle``  write a copy with the segments of a window shuffled (paper Sec. 5.1);
+* ``delete``   write a copy with a token window cut out (the authors' "remove 50 tokens at 5 s");
+* ``reorder``  write a copy with a window cut into random-length segments, reordered;
+* ``bandstop`` write a copy with a frequency band deleted inside a window;
 * ``analyze``  detect the Peak / Assimilation / Recovery regions in two per-token loss CSVs;
 * ``probe``    score a model on a noise-injected probe set and write metrics, curves and figures;
 * ``demo``     the whole loop on the embedded tiny model and Bach chorales;
@@ -89,7 +92,35 @@ def _finite_float(name: str) -> Callable[[str], float]:
     return parse
 
 
-def _add_window_args(p: argparse.ArgumentParser, length_default: float = 100) -> None:
+def _range(name: str, integer: bool) -> Callable[[str], tuple[Any, Any]]:
+    """Parse ``LOW-HIGH`` (two non-negative numbers, ``LOW < HIGH``; ``<=`` for integers)."""
+    kind = "whole numbers" if integer else "numbers"
+
+    def parse(text: str) -> tuple[Any, Any]:
+        parts = text.split("-")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            values = [int(v) if integer else float(v) for v in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected LOW-HIGH ({kind}) for {name} but got {text!r}"
+            ) from None
+        low, high = values
+        ok = all(math.isfinite(v) for v in values) and (
+            1 <= low <= high if integer else 0 <= low < high
+        )
+        if not ok:
+            order = "1 <= LOW <= HIGH" if integer else "0 <= LOW < HIGH"
+            raise argparse.ArgumentTypeError(f"expected {order} for {name} but got {text!r}")
+        return low, high
+
+    return parse
+
+
+def _add_window_args(
+    p: argparse.ArgumentParser, length_default: float = 100, seed: bool = True, unit: bool = True
+) -> None:
     p.add_argument(
         "--onset",
         type=_finite_float("--onset"),
@@ -108,13 +139,17 @@ def _add_window_args(p: argparse.ArgumentParser, length_default: float = 100) ->
         default=50.0,
         help="token frame rate in Hz (default 50, MusicGen)",
     )
-    p.add_argument(
-        "--unit",
-        choices=("tokens", "seconds"),
-        default="tokens",
-        help="unit of --onset/--length (default tokens)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    if unit:
+        p.add_argument(
+            "--unit",
+            choices=("tokens", "seconds"),
+            default="tokens",
+            help="unit of --onset/--length (default tokens)",
+        )
+    else:
+        p.set_defaults(unit="tokens")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def _add_level_args(p: argparse.ArgumentParser) -> None:
@@ -355,6 +390,106 @@ def _cmd_shuffle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_delete(args: argparse.Namespace) -> int:
+    _check_outputs([("OUTPUT", args.output)], [("INPUT", args.input)])
+    _require_writable("OUTPUT", args.output, folder=False)
+
+    from lightning_noiseprobe.audio import load_audio, save_audio
+    from lightning_noiseprobe.perturbations import delete_window
+    from lightning_noiseprobe.perturbations.inject import _window
+
+    wav, sr, info = load_audio(args.input, return_info=True)
+    onset, length = _window_values(args)
+    with _flag_names(_WINDOW_FLAGS):
+        start, end = _window(wav, sr, onset, length, args.frame_rate, args.unit)
+        out = delete_window(
+            wav, sr, onset=onset, length=length, frame_rate=args.frame_rate, unit=args.unit
+        )
+    save_audio(args.output, out, sr, subtype=_same_subtype(args.input, args.output, info.subtype))
+    print(
+        f"wrote {args.output}: removed samples [{start}, {end}) ({length} {args.unit} at onset {onset}),"
+        f" {wav.shape[-1] / sr:.3f} s -> {out.shape[-1] / sr:.3f} s, {sr} Hz, {wav.shape[0]} channel(s)"
+    )
+    return 0
+
+
+def _check_reorder_segments(length: int, low: int, high: int, flag: str) -> None:
+    if length <= high:
+        raise NoiseProbeError(
+            f"Expected {flag} {length} tokens to be longer than the largest segment"
+            f" (--reorder-segment {low}-{high}), so that the window holds 2 segments."
+            " Use a longer window or shorter segments."
+        )
+
+
+def _cmd_reorder(args: argparse.Namespace) -> int:
+    _check_outputs([("OUTPUT", args.output)], [("INPUT", args.input)])
+    _require_writable("OUTPUT", args.output, folder=False)
+
+    from lightning_noiseprobe.audio import load_audio, save_audio
+    from lightning_noiseprobe.perturbations import reorder_segments
+
+    onset, length = _window_values(args)
+    low, high = args.reorder_segment
+    _check_reorder_segments(int(length), low, high, "--length")
+    wav, sr, info = load_audio(args.input, return_info=True)
+    flags = {
+        **_WINDOW_FLAGS,
+        "min_segment": "--reorder-segment",
+        "max_segment": "--reorder-segment",
+    }
+    with _flag_names(flags):
+        out, sizes, perm = reorder_segments(
+            wav,
+            sr,
+            onset=int(onset),
+            length=int(length),
+            min_segment=low,
+            max_segment=high,
+            frame_rate=args.frame_rate,
+            seed=args.seed,
+        )
+    save_audio(args.output, out, sr, subtype=_same_subtype(args.input, args.output, info.subtype))
+    print(
+        f"wrote {args.output}: {len(sizes)} segments of {sizes} tokens reordered as {list(map(int, perm))}"
+    )
+    return 0
+
+
+def _cmd_bandstop(args: argparse.Namespace) -> int:
+    _check_outputs([("OUTPUT", args.output)], [("INPUT", args.input)])
+    _require_writable("OUTPUT", args.output, folder=False)
+
+    from lightning_noiseprobe.audio import load_audio, save_audio
+    from lightning_noiseprobe.perturbations import bandstop_window
+
+    low, high = args.band
+    wav, sr, info = load_audio(args.input, return_info=True)
+    if low >= sr / 2:
+        raise NoiseProbeError(
+            f"Expected --band to start below the Nyquist frequency {sr / 2:g} Hz of '{args.input}'"
+            f" ({sr} Hz) but got {low:g}-{high:g}. Use a lower band."
+        )
+    onset, length = _window_values(args)
+    with _flag_names({**_WINDOW_FLAGS, "low_hz": "--band", "high_hz": "--band"}):
+        out = bandstop_window(
+            wav,
+            sr,
+            onset=onset,
+            length=length,
+            low_hz=low,
+            high_hz=high,
+            frame_rate=args.frame_rate,
+            unit=args.unit,
+        )
+    save_audio(args.output, out, sr, subtype=_same_subtype(args.input, args.output, info.subtype))
+    print(
+        f"wrote {args.output}: {low:g}-{min(high, sr / 2):g} Hz deleted at onset {onset} for {length} {args.unit},"
+        f" {sr} Hz, {wav.shape[0]} channel(s)"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- analyze
 def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.json:
@@ -424,10 +559,13 @@ def _items(name: str, text: str, what: str) -> list[str]:
     return items
 
 
-def _int_list(name: str) -> Callable[[str], tuple[int, ...]]:
-    """Parse ``5,10,50``; the values are checked by ``ProbeSpec`` (positive, distinct)."""
+def _int_list(name: str, allow_none: bool = False) -> Callable[[str], tuple[int, ...]]:
+    """Parse ``5,10,50`` (or ``none`` for an empty list where ``allow_none``); the values
+    are checked by ``ProbeSpec`` (positive, distinct)."""
 
     def parse(text: str) -> tuple[int, ...]:
+        if allow_none and text.strip().lower() == "none":
+            return ()
         items = _items(name, text, "integers")
         try:
             return tuple(int(v) for v in items)
@@ -477,9 +615,9 @@ def _add_probe_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--lengths",
-        type=_int_list("--lengths"),
+        type=_int_list("--lengths", allow_none=True),
         default=(5, 10, 50, 100, 150, 200),
-        help="injection lengths in tokens (default 5,10,50,100,150,200)",
+        help="injection lengths in tokens (default 5,10,50,100,150,200; 'none' for no noise)",
     )
     p.add_argument(
         "--noise",
@@ -496,6 +634,56 @@ def _add_probe_parser(sub: Any) -> None:
         help="also shuffle segments of these token sizes (paper Sec. 5.1)",
     )
     p.add_argument(
+        "--delete",
+        type=_int_list("--delete"),
+        default=(),
+        metavar="LENGTHS",
+        help="also delete this many tokens at the onset, e.g. 50 (the clip gets shorter; the"
+        " clean curve is compared on the same music: token t >= onset with clean t + N)",
+    )
+    p.add_argument(
+        "--reorder",
+        type=_int_list("--reorder"),
+        default=(),
+        metavar="LENGTHS",
+        help="also reorder windows of these token lengths from the onset, cut into segments"
+        " of random lengths (--reorder-segment)",
+    )
+    p.add_argument(
+        "--reorder-segment",
+        type=_range("--reorder-segment", integer=True),
+        default=(5, 50),
+        metavar="MIN-MAX",
+        help="segment lengths of --reorder, in tokens (default 5-50)",
+    )
+    p.add_argument(
+        "--bandstop",
+        type=_int_list("--bandstop"),
+        default=(),
+        metavar="LENGTHS",
+        help="also delete the frequency band --band in windows of these token lengths",
+    )
+    p.add_argument(
+        "--band",
+        type=_range("--band", integer=False),
+        default=(2000.0, 20000.0),
+        metavar="LOW-HIGH",
+        help="band of --bandstop in Hz (default 2000-20000, the authors'; cut at Nyquist)",
+    )
+    p.add_argument(
+        "--inject-at",
+        choices=("source", "model"),
+        default="source",
+        help="perturb each file at its own rate and channels, then convert to the model's"
+        " (source, default: the paper's protocol), or convert first (model)",
+    )
+    p.add_argument(
+        "--independent-noise",
+        action="store_true",
+        help="draw independent noise per length (default: one draw per clip, each shorter"
+        " window is the start of the longest, as the authors)",
+    )
+    p.add_argument(
         "--clip-seconds",
         type=_finite_float("--clip-seconds"),
         default=15.0,
@@ -506,10 +694,16 @@ def _add_probe_parser(sub: Any) -> None:
     p.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
     )
-    p.add_argument(
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument(
         "--description",
         default=None,
         help="text condition for every clip (default: .json sidecars, else unconditional)",
+    )
+    cond.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="score every clip without text, even with .json sidecars (the authors' setting)",
     )
     p.add_argument("--seed", type=int, default=0)
     _add_regions_arg(p)
@@ -538,6 +732,12 @@ _PROBE_FLAGS = {
     "shuffle_segments": "--shuffle",
     "clip_seconds": "--clip-seconds",
     "seed": "--seed",
+    "inject_at": "--inject-at",
+    "delete_lengths": "--delete",
+    "reorder_lengths": "--reorder",
+    "reorder_segment": "--reorder-segment",
+    "bandstop_lengths": "--bandstop",
+    "bandstop_band": "--band",
 }
 
 
@@ -547,6 +747,15 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     # every check before any work: the spec, the device, the outputs, the inputs
     _check_regions_onset(args)
+    if not (args.lengths or args.shuffle or args.delete or args.reorder or args.bandstop):
+        raise NoiseProbeError(
+            "Expected at least one perturbation but --lengths is none and none of --shuffle,"
+            " --delete, --reorder, --bandstop is given."
+        )
+    for length in args.reorder:
+        _check_reorder_segments(
+            length, args.reorder_segment[0], args.reorder_segment[1], "--reorder"
+        )
     with _flag_names(_PROBE_FLAGS):
         spec = ProbeSpec(
             onset=args.onset,
@@ -559,6 +768,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             clip_seconds=args.clip_seconds,
             seed=args.seed,
             regions=args.regions,
+            inject_at=args.inject_at,
+            nested_noise=not args.independent_noise,
+            delete_lengths=args.delete,
+            reorder_lengths=args.reorder,
+            reorder_segment=args.reorder_segment,
+            bandstop_lengths=args.bandstop,
+            bandstop_band=args.band,
         )
     _check_level(args)
     device = _device(args.device)
@@ -589,6 +805,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         [str(f) for f in files],
         spec,
         descriptions=args.description,
+        unconditional=args.unconditional,
         cache_dir=cache_dir,
         strict=args.strict,
         progress=not args.quiet,
@@ -740,6 +957,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment length in tokens (default 10)",
     )
     p.set_defaults(func=_cmd_shuffle)
+
+    p = sub.add_parser(
+        "delete",
+        help="cut a token window out of an audio file",
+        description="Write INPUT without the samples of a window: the clip gets shorter by the"
+        " window (the authors' 'remove 50 tokens at 5 s', cut from the waveform).",
+    )
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("output", metavar="OUTPUT")
+    _add_window_args(p, length_default=50, seed=False)
+    p.set_defaults(func=_cmd_delete)
+
+    p = sub.add_parser(
+        "reorder",
+        help="reorder random-length segments of a window",
+        description="Write INPUT with a token window cut into segments of random lengths"
+        " (--reorder-segment) put in a random order.",
+    )
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("output", metavar="OUTPUT")
+    _add_window_args(p, length_default=200, unit=False)
+    p.add_argument(
+        "--reorder-segment",
+        type=_range("--reorder-segment", integer=True),
+        default=(5, 50),
+        metavar="MIN-MAX",
+        help="segment lengths in tokens (default 5-50)",
+    )
+    p.set_defaults(func=_cmd_reorder)
+
+    p = sub.add_parser(
+        "bandstop",
+        help="delete a frequency band inside a window",
+        description="Write INPUT with the frequencies --band removed from the samples of a window"
+        " (one FFT over the window, band bins zeroed, as the authors' frequency deletion).",
+    )
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("output", metavar="OUTPUT")
+    _add_window_args(p, length_default=100, seed=False)
+    p.add_argument(
+        "--band",
+        type=_range("--band", integer=False),
+        default=(2000.0, 20000.0),
+        metavar="LOW-HIGH",
+        help="band in Hz (default 2000-20000; cut at the Nyquist frequency)",
+    )
+    p.set_defaults(func=_cmd_bandstop)
 
     p = sub.add_parser(
         "analyze",

@@ -60,8 +60,10 @@ def loss_vs_length(result: ProbeResult) -> Figure:
     """Fig. 2: sequence loss difference against injection length, mean +- std over clips."""
     fig, axes = _figure(size=(6.0, 4.0))
     ax = axes[0, 0]
+    from lightning_noiseprobe.perturbations.noise import NOISE_COLORS
+
     for group, by_len in result.by_length.items():
-        if group.startswith("shuffle"):
+        if group not in NOISE_COLORS:  # Fig. 2 is about noise injections
             continue
         lengths = sorted(by_len)
         means = [by_len[n]["delta_loss"]["mean"] for n in lengths]
@@ -89,21 +91,21 @@ def loss_curves(result: ProbeResult, max_panels: int = 6) -> Figure:
     nrows = (len(perts) + ncols - 1) // ncols
     fig, axes = _figure(nrows, ncols, size=(4.2 * ncols, 3.0 * nrows))
     T = curves["clean"].shape[-1]
-    valid = curves["valid"]
     start_tokens = result.analysis.start.float().mean(0)
     for i, pert in enumerate(perts):
         ax = axes[i // ncols, i % ncols]
         lo = max(0, pert.onset - 50)
         hi = min(T, pert.onset + pert.length + 100)
         t = torch.arange(T)
-        ax.plot(t[lo:hi], curves["clean"][lo:hi], color="0.3", lw=1.0, label="clean")
+        # on the copy's timeline: for a deletion, the clean curve is re-indexed after the cut
+        ax.plot(t[lo:hi], curves["pair_clean"][i, lo:hi], color="0.3", lw=1.0, label="clean")
         ax.plot(t[lo:hi], curves["perturbed"][i, lo:hi], color="#d62728", lw=1.0, label="perturbed")
         mean_analysis = analyze_curves(
-            curves["clean"],
+            curves["pair_clean"][i],
             curves["perturbed"][i],
             pert.onset,
             pert.length,
-            valid=valid,
+            valid=curves["pair_valid"][i],
             start=start_tokens[i].round().long(),
             regions=result.spec.get("regions", "default"),
         )

@@ -53,7 +53,7 @@ def _resave(path: Path, change) -> None:
     """Rewrite a cache entry with ``change(data)`` applied and its checksum made to match."""
     data = torch.load(path, weights_only=True)
     change(data)
-    data["checksum"] = _entry_checksum(data["clean"], data["perturbed"])
+    data["checksum"] = _entry_checksum(data["clean"], data["perturbed"], data["tokens"])
     torch.save(data, path)
 
 
@@ -80,11 +80,16 @@ def _wrong_dtype(data: dict) -> None:
     data["clean"] = data["clean"].int()
 
 
+def _too_many_tokens(data: dict) -> None:
+    data["tokens"][0] = data["clean"].shape[-1] + 1  # a copy longer than its clip
+
+
 DAMAGE = {
     "flipped-byte": (_flip_one_byte, "checksum does not match"),
     "out-of-range-code": (lambda p: _resave(p, _out_of_range), "codes in [0, 2048)"),
     "wrong-shape": (lambda p: _resave(p, _wrong_shape), "frames for this clip"),
     "wrong-dtype": (lambda p: _resave(p, _wrong_dtype), "dtype torch.int64 but got torch.int32"),
+    "bad-token-count": (lambda p: _resave(p, _too_many_tokens), "'tokens' of shape"),
     "no-checksum": (
         lambda p: torch.save({k: v for k, v in torch.load(p).items() if k != "checksum"}, p),
         "'checksum'",

@@ -1,5 +1,8 @@
-"""Perturbations of audio clips: noise injection (Eq. 2) and segment-order shuffling."""
+"""Perturbations of audio clips: noise injection (Eq. 2), segment-order shuffling and
+random reordering, token deletion and frequency-band deletion."""
 
+from lightning_noiseprobe.perturbations.bandstop import bandstop_bins, bandstop_window
+from lightning_noiseprobe.perturbations.delete import delete_window
 from lightning_noiseprobe.perturbations.inject import (
     INJECTION_MODES,
     WINDOW_UNITS,
@@ -9,6 +12,7 @@ from lightning_noiseprobe.perturbations.inject import (
     token_window_to_samples,
 )
 from lightning_noiseprobe.perturbations.noise import NOISE_COLORS, NOISE_EXPONENTS, colored_noise
+from lightning_noiseprobe.perturbations.reorder import random_segment_lengths, reorder_segments
 from lightning_noiseprobe.perturbations.shuffle import shuffle_segments
 
 __all__ = [
@@ -17,8 +21,13 @@ __all__ = [
     "NOISE_EXPONENTS",
     "WINDOW_UNITS",
     "Injection",
+    "bandstop_bins",
+    "bandstop_window",
     "colored_noise",
+    "delete_window",
     "inject_noise",
+    "random_segment_lengths",
+    "reorder_segments",
     "seconds_window_to_samples",
     "shuffle_segments",
     "token_window_to_samples",

@@ -218,6 +218,7 @@ def inject_noise(
     mode: str = "replace",
     seed: int = 0,
     generator: torch.Generator | None = None,
+    nest_length: float | None = None,
 ) -> torch.Tensor:
     """Inject coloured noise into a window of a clip (Eq. 2 of the paper).
 
@@ -237,6 +238,16 @@ def inject_noise(
     scaled, cast to ``wav.dtype`` and then moved to ``wav.device``, so a given
     seed gives the same samples on every device.
 
+    Nested noise (``nest_length``, the paper authors' protocol: one noise seed for
+    every injection length of a clip): the unit noise is drawn and coloured for a
+    window of ``nest_length`` (same ``unit``, from the same onset; it need not fit
+    in the clip) and this window takes its first samples, then scales them to the
+    level. So, with the same seed and ``nest_length``, the noise of a shorter window
+    is the start of the noise of a longer one, up to one gain per channel that sets
+    each window's RMS exactly (the authors also normalise each length's draw to its
+    own standard deviation); for white noise that gain is ``1 +- 1/sqrt(2 n)`` for
+    ``n`` samples.
+
     Args:
         wav: Waveform of shape ``[C, S]`` or ``[B, C, S]``, floating point.
         sample_rate: Samples per second of ``wav``.
@@ -251,6 +262,8 @@ def inject_noise(
         mode: ``"replace"`` or ``"add"``.
         seed: Seed of the CPU generator used when ``generator`` is ``None``.
         generator: A CPU :class:`torch.Generator` to draw from (it is advanced).
+        nest_length: Draw the noise for a window of this length (``>= length``) and
+            use its start; ``None`` draws for the window itself.
 
     Returns:
         A new tensor of the same shape, dtype and device as ``wav``.
@@ -258,7 +271,8 @@ def inject_noise(
     Raises:
         NoiseProbeError: On empty, NaN or infinite audio; ``length <= 0``;
             ``onset < 0``; a window past the end of the clip; an unknown
-            ``noise``, ``mode`` or ``unit``; a relative level on a silent clip.
+            ``noise``, ``mode`` or ``unit``; a relative level on a silent clip;
+            ``nest_length < length``.
 
     Example:
         >>> from lightning_noiseprobe.audio import rms_dbfs
@@ -278,6 +292,18 @@ def inject_noise(
     else:
         _check_real("level_db_rel", level_db_rel, what="level in dB")
     start, end = _window(wav, sample_rate, onset, length, frame_rate, unit)
+    num_noise = end - start
+    if nest_length is not None:
+        _check_real("nest_length", nest_length, sign="positive", what=f"number of {unit}")
+        if nest_length < length:
+            raise NoiseProbeError(
+                f"Expected argument `nest_length` to be at least `length`={length!r} but got {nest_length!r}."
+            )
+        if unit == "tokens":
+            num_noise = token_window_to_samples(onset, nest_length, frame_rate, sample_rate)[1]
+        else:
+            num_noise = seconds_window_to_samples(onset, nest_length, sample_rate)[1]
+        num_noise -= start
     gen = _cpu_generator(seed, generator)
 
     batch_shape = wav.shape[:-2]
@@ -295,7 +321,10 @@ def inject_noise(
         target = clip_rms * 10.0 ** (level_db_rel / 20.0)
 
     num_rows = math.prod(batch_shape) * channels
-    unit_noise = colored_noise(noise, num_rows, end - start, gen, dtype=torch.float64)
+    unit_noise = colored_noise(noise, num_rows, num_noise, gen, dtype=torch.float64)
+    if num_noise != end - start:  # nested: the start of a longer draw, back to unit RMS
+        unit_noise = unit_noise[:, : end - start]
+        unit_noise = unit_noise / unit_noise.square().mean(dim=-1, keepdim=True).sqrt()
     scaled = unit_noise.reshape(*batch_shape, channels, end - start) * target[..., None, None]
     scaled = scaled.to(wav.dtype).to(wav.device)
 

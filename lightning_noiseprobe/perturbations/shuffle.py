@@ -96,24 +96,45 @@ def shuffle_segments(
     _window(wav, sample_rate, onset, length, frame_rate, "tokens")
     gen = _cpu_generator(seed, generator)
 
-    seg = Fraction(segment)
-    start = token_window_to_samples(onset, segment, frame_rate, sample_rate)[0]
-    edges = [start] + [
-        token_window_to_samples(onset, k * seg, frame_rate, sample_rate)[1]
-        for k in range(1, num_segments + 1)
-    ]
+    edges = _token_edges(onset, [Fraction(segment)] * num_segments, frame_rate, sample_rate)
     if any(b <= a for a, b in itertools.pairwise(edges)):
         raise NoiseProbeError(
             f"Expected each segment of `segment`={segment!r} tokens to cover at least one sample at "
             f"{sample_rate} Hz and `frame_rate`={frame_rate!r}, but the segment edges are {edges}. "
             "Use a longer `segment`."
         )
+    permutation = _changing_permutation(num_segments, gen)
+    return _permute_spans(wav, edges, permutation), permutation
 
-    permutation = torch.randperm(num_segments, generator=gen)
-    if torch.equal(permutation, torch.arange(num_segments)):
-        permutation = torch.roll(torch.arange(num_segments), -1)
 
-    pieces = [wav[..., edges[k] : edges[k + 1]] for k in range(num_segments)]
+def _token_edges(
+    onset: float, sizes: list[Fraction], frame_rate: float, sample_rate: int
+) -> list[int]:
+    """Sample edges of consecutive token spans of ``sizes`` tokens from ``onset``.
+
+    Edge ``k`` is the end sample of the first ``k`` spans (:func:`token_window_to_samples`),
+    so every boundary falls where that token boundary maps, whatever the split.
+    """
+    edges = [token_window_to_samples(onset, 1, frame_rate, sample_rate)[0]]
+    total = Fraction(0)
+    for size in sizes:
+        total += size
+        edges.append(token_window_to_samples(onset, total, frame_rate, sample_rate)[1])
+    return edges
+
+
+def _changing_permutation(n: int, gen: torch.Generator) -> torch.Tensor:
+    """``torch.randperm(n)`` from ``gen``; the identity is replaced by the cyclic shift ``[1, ..., n-1, 0]``."""
+    permutation = torch.randperm(n, generator=gen)
+    if torch.equal(permutation, torch.arange(n)):
+        permutation = torch.roll(torch.arange(n), -1)
+    return permutation
+
+
+def _permute_spans(wav: torch.Tensor, edges: list[int], permutation: torch.Tensor) -> torch.Tensor:
+    """A copy of ``wav`` whose spans ``[edges[k], edges[k+1])`` are laid end to end in
+    the order ``permutation`` (output span ``i`` holds input span ``permutation[i]``)."""
+    pieces = [wav[..., edges[k] : edges[k + 1]] for k in range(len(edges) - 1)]
     out = wav.clone()
     out[..., edges[0] : edges[-1]] = torch.cat([pieces[int(i)] for i in permutation], dim=-1)
-    return out, permutation
+    return out

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "CONDITIONINGS",
+    "PreparedClip",
     "ProbeClip",
     "ProbeSet",
     "build_probe_set",
@@ -42,6 +44,7 @@ __all__ = [
     "default_cache_dir",
     "find_audio_files",
     "perturb_clip",
+    "prepare_clip",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,8 +58,15 @@ AudioSource = (
     | Sequence[tuple[str, torch.Tensor, int]]
 )
 
-# process-wide memory cache: cache key -> (clean codes, perturbed codes)
-_MEMORY_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+#: How a clip was conditioned when scored: ``"sidecar"`` (text of its ``.json``
+#: sidecar), ``"given"`` (text passed as ``descriptions`` / ``--description``) or
+#: ``"unconditional"`` (no text: asked for, or no sidecar).
+CONDITIONINGS = ("sidecar", "given", "unconditional")
+
+# process-wide memory cache: cache key -> (clean codes [K, T], perturbed codes [P, K, T],
+# tokens of each perturbed copy [P])
+_CacheEntry = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+_MEMORY_CACHE: dict[str, _CacheEntry] = {}
 _MEMORY_CACHE_MAX = 4096
 # cache folders already reported as unwritable in this process (warn once each)
 _UNWRITABLE_WARNED: set[str] = set()
@@ -122,6 +132,7 @@ class ProbeClip:
     description: str | None
     audio_hash: str
     num_tokens: int
+    conditioning: str = "unconditional"  #: one of :data:`CONDITIONINGS`
 
 
 @dataclass
@@ -131,7 +142,10 @@ class ProbeSet:
     Attributes:
         clean_codes: ``[N, K, T]`` codes of the clean clips (padded with 0 past
             each clip's ``num_tokens``).
-        perturbed_codes: ``[N, P, K, T]`` codes of the perturbed copies.
+        perturbed_codes: ``[N, P, K, T]`` codes of the perturbed copies (padded with 0
+            past each copy's own length: a deletion copy is shorter).
+        perturbed_tokens: ``[N, P]`` tokens of each perturbed copy (``None``: each
+            copy as long as its clean clip).
     """
 
     spec: ProbeSpec
@@ -144,6 +158,7 @@ class ProbeSet:
     channels: int
     skipped: list[dict[str, str]] = field(default_factory=list)
     encoded_clips: int = 0  #: how many clips needed the codec (0 = all from cache)
+    perturbed_tokens: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -151,6 +166,18 @@ class ProbeSet:
     @property
     def num_tokens(self) -> torch.Tensor:
         return torch.tensor([c.num_tokens for c in self.clips], dtype=torch.long)
+
+    @property
+    def perturbed_num_tokens(self) -> torch.Tensor:
+        """``[N, P]`` tokens of each perturbed copy."""
+        if self.perturbed_tokens is not None:
+            return self.perturbed_tokens
+        return self.num_tokens[:, None].expand(len(self.clips), len(self.perturbations))
+
+    def perturbed_valid(self) -> torch.Tensor:
+        """``[N, P, T]`` bool: tokens inside each perturbed copy."""
+        T = self.clean_codes.shape[-1]
+        return torch.arange(T) < self.perturbed_num_tokens.unsqueeze(-1)
 
     def subset(self, indices: list[int]) -> ProbeSet:
         """The probe set restricted to the clips at ``indices`` (repeats allowed).
@@ -170,6 +197,7 @@ class ProbeSet:
             self.channels,
             self.skipped,
             0,
+            None if self.perturbed_tokens is None else self.perturbed_tokens[index],
         )
 
     def token_valid(self) -> torch.Tensor:
@@ -187,7 +215,7 @@ def _cache_key(audio_hash: str, spec: ProbeSpec, backend: ProbeBackend, codec_ha
             "sample_rate": backend.sample_rate,
             "channels": backend.channels,
             "frame_rate": backend.frame_rate,
-            "format": 2,  # 2: entries carry a checksum
+            "format": 3,  # 2: entries carry a checksum; 3: and each copy's token count
         }
     )
 
@@ -203,20 +231,22 @@ class _EntryLayout:
     max_frames: int
 
 
-def _entry_checksum(clean: torch.Tensor, perturbed: torch.Tensor) -> str:
-    """SHA-256 over both code tensors (dtype, shape and bytes)."""
+def _entry_checksum(clean: torch.Tensor, perturbed: torch.Tensor, tokens: torch.Tensor) -> str:
+    """SHA-256 over both code tensors and the copies' token counts (dtype, shape and bytes)."""
     h = hashlib.sha256()
     hash_tensor(clean, h)
-    return hash_tensor(perturbed, h)
+    hash_tensor(perturbed, h)
+    return hash_tensor(tokens, h)
 
 
 def _entry_problem(data: Any, layout: _EntryLayout) -> str | None:
     """What is wrong with a loaded cache entry, or ``None`` if it is valid."""
-    if not isinstance(data, dict) or not {"clean", "perturbed", "checksum"} <= data.keys():
+    needed = {"clean", "perturbed", "tokens", "checksum"}
+    if not isinstance(data, dict) or not needed <= data.keys():
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        return f"expected a dict with 'clean', 'perturbed' and 'checksum' but got {found}"
-    clean, perturbed = data["clean"], data["perturbed"]
-    for name, t in (("clean", clean), ("perturbed", perturbed)):
+        return f"expected a dict with {sorted(needed)} but got {found}"
+    clean, perturbed, tokens = data["clean"], data["perturbed"], data["tokens"]
+    for name, t in (("clean", clean), ("perturbed", perturbed), ("tokens", tokens)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.long:
             got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
             return f"expected '{name}' codes of dtype torch.int64 but got {got}"
@@ -231,20 +261,22 @@ def _entry_problem(data: Any, layout: _EntryLayout) -> str | None:
         )
     if tuple(perturbed.shape) != (P, K, T):
         return f"expected 'perturbed' codes of shape {(P, K, T)} but got {tuple(perturbed.shape)}"
+    if tuple(tokens.shape) != (P,) or (P and not 1 <= int(tokens.min()) <= int(tokens.max()) <= T):
+        return (
+            f"expected 'tokens' of shape ({P},) with values in [1, {T}] but got {tokens.tolist()}"
+        )
     for name, t in (("clean", clean), ("perturbed", perturbed)):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= layout.cardinality):
             return (
                 f"expected '{name}' codes in [0, {layout.cardinality}) but found "
                 f"{int(t.min())} to {int(t.max())}"
             )
-    if data["checksum"] != _entry_checksum(clean, perturbed):
+    if data["checksum"] != _entry_checksum(clean, perturbed, tokens):
         return "the checksum does not match the codes (the file was changed or damaged)"
     return None
 
 
-def _load_cached(
-    cache_dir: Path | None, key: str, layout: _EntryLayout
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _load_cached(cache_dir: Path | None, key: str, layout: _EntryLayout) -> _CacheEntry | None:
     if key in _MEMORY_CACHE:
         return _MEMORY_CACHE[key]
     if cache_dir is None:
@@ -268,20 +300,18 @@ def _load_cached(
             "Ignoring invalid probe cache file '%s': %s; it will be rebuilt.", path, problem
         )
         return None
-    entry = (data["clean"], data["perturbed"])
+    entry = (data["clean"], data["perturbed"], data["tokens"])
     _remember(key, entry)
     return entry
 
 
-def _remember(key: str, entry: tuple[torch.Tensor, torch.Tensor]) -> None:
+def _remember(key: str, entry: _CacheEntry) -> None:
     if len(_MEMORY_CACHE) >= _MEMORY_CACHE_MAX:
         _MEMORY_CACHE.pop(next(iter(_MEMORY_CACHE)))
     _MEMORY_CACHE[key] = entry
 
 
-def _store_cached(
-    cache_dir: Path | None, key: str, entry: tuple[torch.Tensor, torch.Tensor]
-) -> bool:
+def _store_cached(cache_dir: Path | None, key: str, entry: _CacheEntry) -> bool:
     """Remember ``entry`` and write it to ``cache_dir`` atomically.
 
     Returns ``False`` if the folder cannot be written (reported once per folder
@@ -292,14 +322,15 @@ def _store_cached(
         return True
     from lightning_noiseprobe._io import atomic_path
 
-    clean, perturbed = entry
+    clean, perturbed, tokens = entry
     try:
         with atomic_path(cache_dir / f"{key}.pt") as tmp:
             torch.save(
                 {
                     "clean": clean,
                     "perturbed": perturbed,
-                    "checksum": _entry_checksum(clean, perturbed),
+                    "tokens": tokens,
+                    "checksum": _entry_checksum(clean, perturbed, tokens),
                 },
                 tmp,
             )
@@ -331,44 +362,165 @@ def perturb_clip(
     pert: Perturbation,
     audio_hash: str,
 ) -> torch.Tensor:
-    """Apply one perturbation of ``spec`` to a clip ``[C, S]``, with the seed the probe set uses.
+    """Apply one perturbation of ``spec`` to a clip ``[C, S]`` at rate ``sr``, with the seed the probe set uses.
 
-    The seed depends on the spec's seed, the clip's audio hash and the
-    perturbation only, so any process can recreate the exact perturbed audio.
+    Windows are in tokens of ``frame_rate`` and map to samples at ``sr``
+    (:func:`~lightning_noiseprobe.perturbations.inject.token_window_to_samples`), so
+    the same call works on a file's own audio (``inject_at="source"``) and on the
+    model's. The seed depends on the spec's seed, the clip's audio hash and the
+    perturbation only (for nested noise: its colour and onset, not its length), so
+    any process can recreate the exact perturbed audio.
     """
-    from lightning_noiseprobe.perturbations import inject_noise, shuffle_segments
+    from lightning_noiseprobe.perturbations import (
+        bandstop_window,
+        delete_window,
+        inject_noise,
+        reorder_segments,
+        shuffle_segments,
+    )
 
-    seed = derive_seed(spec.seed, audio_hash, pert.key)
+    nest = spec.nest_length(pert)
+    if nest is not None:  # one draw per clip, colour and onset, shared by every length
+        seed = derive_seed(spec.seed, audio_hash, f"noise:{pert.noise}:{pert.onset}:nested")
+    else:
+        seed = derive_seed(spec.seed, audio_hash, pert.key)
+    onset, length = pert.onset, pert.length
     if pert.kind == "noise":
         return inject_noise(
             wav,
             sr,
-            onset=pert.onset,
-            length=pert.length,
+            onset=onset,
+            length=length,
             frame_rate=frame_rate,
             noise=pert.noise,
             level_dbfs=spec.level_dbfs,
             level_db_rel=spec.level_db_rel,
             mode=spec.mode,
             seed=seed,
+            nest_length=nest,
         )
-    out, _ = shuffle_segments(
-        wav,
-        sr,
-        onset=pert.onset,
-        length=pert.length,
-        segment=pert.segment,
-        frame_rate=frame_rate,
-        seed=seed,
+    if pert.kind == "shuffle":
+        return shuffle_segments(
+            wav,
+            sr,
+            onset=onset,
+            length=length,
+            segment=pert.segment,
+            frame_rate=frame_rate,
+            seed=seed,
+        )[0]
+    if pert.kind == "delete":
+        return delete_window(wav, sr, onset=onset, length=length, frame_rate=frame_rate)
+    if pert.kind == "reorder":
+        lo, hi = pert.segment_range
+        return reorder_segments(
+            wav,
+            sr,
+            onset=onset,
+            length=length,
+            min_segment=lo,
+            max_segment=hi,
+            frame_rate=frame_rate,
+            seed=seed,
+        )[0]
+    if pert.kind == "bandstop":
+        return bandstop_window(
+            wav,
+            sr,
+            onset=onset,
+            length=length,
+            low_hz=pert.band[0],
+            high_hz=pert.band[1],
+            frame_rate=frame_rate,
+        )
+    raise NoiseProbeError(f"Expected a known perturbation kind but got {pert.kind!r}.")
+
+
+@dataclass
+class PreparedClip:
+    """A clip ready to be perturbed the way ``spec.inject_at`` says.
+
+    Attributes:
+        clean: ``[C, S]`` clean audio at the model's rate and channels, cropped to
+            ``spec.clip_seconds``.
+        base: the audio perturbations apply to: the file's own audio (cropped to
+            ``clip_seconds`` at its own rate) for ``inject_at="source"``, else ``clean``.
+        base_rate: sample rate of ``base``.
+        audio_hash: the clip's identity for seeds and the token cache (of ``base``,
+            and its rate for ``"source"``).
+    """
+
+    spec: ProbeSpec
+    clean: torch.Tensor
+    base: torch.Tensor
+    base_rate: int
+    audio_hash: str
+    sample_rate: int
+    channels: int
+    frame_rate: float
+
+    def perturbed(self, pert: Perturbation) -> torch.Tensor:
+        """``[C, S']`` the perturbed copy as the model hears it (``S' < S`` for a deletion)."""
+        from lightning_noiseprobe.audio import convert_audio
+
+        out = perturb_clip(
+            self.base, self.base_rate, self.frame_rate, self.spec, pert, self.audio_hash
+        )
+        if self.spec.inject_at == "source":
+            out = convert_audio(out, self.base_rate, self.sample_rate, self.channels)
+            out = out[..., : self.clean.shape[-1]]
+        return out
+
+
+def prepare_clip(
+    wav: torch.Tensor,
+    wav_sr: int,
+    spec: ProbeSpec,
+    *,
+    sample_rate: int,
+    channels: int,
+    frame_rate: float,
+) -> PreparedClip:
+    """Crop a clip ``[C, S]`` at rate ``wav_sr`` and convert it for a model.
+
+    ``inject_at="model"`` converts (channels, then rate) and crops to
+    ``round(clip_seconds * sample_rate)``; perturbations then run on that audio.
+    ``inject_at="source"`` crops the file's own audio to ``round(clip_seconds * wav_sr)``
+    samples, where the perturbations run per channel, and converts the clean clip and
+    every perturbed copy the same way afterwards (each converted alone, so the
+    untouched part of a copy goes through exactly the computation of the clean clip).
+    """
+    from lightning_noiseprobe.audio import convert_audio
+
+    wav = wav.float()
+    max_samples = round(spec.clip_seconds * sample_rate)
+    if spec.inject_at == "model":
+        clean = convert_audio(wav, wav_sr, sample_rate, channels)[..., :max_samples]
+        return PreparedClip(
+            spec, clean, clean, sample_rate, hash_tensor(clean), sample_rate, channels, frame_rate
+        )
+    base = wav[..., : round(spec.clip_seconds * wav_sr)]
+    clean = convert_audio(base, wav_sr, sample_rate, channels)[..., :max_samples]
+    audio_hash = hash_json({"audio": hash_tensor(base), "sample_rate": int(wav_sr)})
+    return PreparedClip(
+        spec, clean, base, int(wav_sr), audio_hash, sample_rate, channels, frame_rate
     )
-    return out
+
+
+_Source = tuple[str, Path | None, torch.Tensor | None, int | None, str | None, str]
 
 
 def _iter_sources(
-    audio: AudioSource, descriptions: str | Sequence[str | None] | None
-) -> list[tuple[str, Path | None, torch.Tensor | None, int | None, str | None]]:
-    """(name, path, wav, sr, description) per source item; tensors are given as (name, wav, sr)."""
-    items: list[tuple[str, Path | None, torch.Tensor | None, int | None, str | None]] = []
+    audio: AudioSource,
+    descriptions: str | Sequence[str | None] | None,
+    unconditional: bool = False,
+) -> list[_Source]:
+    """(name, path, wav, sr, description, conditioning) per source item; tensors are given as (name, wav, sr)."""
+    if unconditional and descriptions is not None:
+        raise NoiseProbeError(
+            "Expected either `descriptions` or `unconditional=True` but got both; drop one of them."
+        )
+    items: list[_Source] = []
     if (
         isinstance(audio, Sequence)
         and not isinstance(audio, str)
@@ -376,19 +528,39 @@ def _iter_sources(
         and isinstance(audio[0], tuple)
     ):
         for name, wav, sr in audio:  # type: ignore[misc]
-            items.append((str(name), None, wav, int(sr), None))
+            items.append((str(name), None, wav, int(sr), None, "unconditional"))
     else:
         for path in find_audio_files(audio):  # type: ignore[arg-type]
-            items.append((str(path), path, None, None, _sidecar_description(path)))
+            desc = None if unconditional else _sidecar_description(path)
+            how = "unconditional" if desc is None else "sidecar"
+            items.append((str(path), path, None, None, desc, how))
     if isinstance(descriptions, str):
-        items = [(n, p, w, s, descriptions) for n, p, w, s, _ in items]
+        items = [(n, p, w, s, descriptions, "given") for n, p, w, s, _, _ in items]
     elif descriptions is not None:
         if len(descriptions) != len(items):
             raise NoiseProbeError(
                 f"Expected one description per clip ({len(items)}) but got {len(descriptions)}."
             )
-        items = [(n, p, w, s, d) for (n, p, w, s, _), d in zip(items, descriptions, strict=False)]
+        items = [
+            (n, p, w, s, d, "unconditional" if d is None else "given")
+            for (n, p, w, s, _, _), d in zip(items, descriptions, strict=False)
+        ]
     return items
+
+
+def _encode_copies(
+    backend: ProbeBackend, copies: list[torch.Tensor], batch_size: int
+) -> list[torch.Tensor]:
+    """Codes ``[K, T_i]`` of each copy, encoding runs of equal-length copies ``batch_size`` at a time."""
+    out: list[torch.Tensor] = []
+    i = 0
+    while i < len(copies):
+        j = i + 1
+        while j < len(copies) and j - i < batch_size and copies[j].shape == copies[i].shape:
+            j += 1
+        out.extend(backend.encode(torch.stack(copies[i:j])).cpu())
+        i = j
+    return out
 
 
 def build_probe_set(
@@ -397,6 +569,7 @@ def build_probe_set(
     spec: ProbeSpec | None = None,
     *,
     descriptions: str | Sequence[str | None] | None = None,
+    unconditional: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     strict: bool = False,
     progress: bool = False,
@@ -404,20 +577,24 @@ def build_probe_set(
 ) -> ProbeSet:
     """Load, crop, perturb and tokenize a probe set.
 
-    Each clip is read (any format, rate, channel count), converted to the
-    backend's rate and channels, cropped to ``spec.clip_seconds`` from its
-    start, and perturbed by every perturbation of ``spec`` with a seed derived
-    from the spec's seed, the clip's audio hash and the perturbation, so the
-    same probe set comes out on every run, rank and epoch. Clips too short for
-    the largest window (plus the detection margin) are skipped with a reason;
-    so are unreadable files, unless ``strict``.
+    Each clip is read (any format, rate, channel count), cropped to
+    ``spec.clip_seconds`` from its start, and perturbed by every perturbation of
+    ``spec``: by default at the file's own rate and channels, each copy then mixed
+    down and resampled to the backend's like the clean clip (``spec.inject_at``, see
+    :func:`prepare_clip`). The seeds derive from the spec's seed, the clip's audio
+    hash and the perturbation, so the same probe set comes out on every run, rank
+    and epoch. Clips too short for the largest window (plus the detection margin)
+    are skipped with a reason; so are unreadable files, unless ``strict``.
 
     Args:
         backend: a loaded backend (its codec tokenizes).
         audio: a folder, a file, a list of files, or ``(name, wav [C, S], sr)`` tuples.
         spec: the perturbations (default: the paper's protocol).
-        descriptions: one text for all clips, one per clip, or ``None`` to read
-            audiocraft-style ``.json`` sidecars (``{"description": ...}``).
+        descriptions: one text for all clips, one per clip (``None`` entries:
+            unconditional), or ``None`` to read audiocraft-style ``.json`` sidecars
+            (``{"description": ...}``; clips without one are unconditional).
+        unconditional: score every clip without text, sidecars or not (the paper
+            authors' setting). Each clip's :attr:`ProbeClip.conditioning` says which.
         cache_dir: folder for the on-disk token cache (``None``: memory only).
             Invalid entries are rebuilt with a warning; a folder that cannot be
             written is reported once and only read.
@@ -432,7 +609,7 @@ def build_probe_set(
     Returns:
         :class:`ProbeSet`.
     """
-    from lightning_noiseprobe.audio import convert_audio, load_audio
+    from lightning_noiseprobe.audio import load_audio
 
     spec = spec or ProbeSpec()
     perts = spec.perturbations()
@@ -442,10 +619,9 @@ def build_probe_set(
     codec_hash: str | None = None
     frame_rate = float(backend.frame_rate)
     sr = int(backend.sample_rate)
-    max_samples = round(spec.clip_seconds * sr)
     min_tokens = spec.min_tokens
 
-    sources = _iter_sources(audio, descriptions)
+    sources = _iter_sources(audio, descriptions, unconditional)
     iterator: Iterable[Any] = sources
     if progress:
         from tqdm.auto import tqdm
@@ -455,9 +631,10 @@ def build_probe_set(
     clips: list[ProbeClip] = []
     clean_list: list[torch.Tensor] = []
     pert_list: list[torch.Tensor] = []
+    tokens_list: list[torch.Tensor] = []
     skipped: list[dict[str, str]] = []
     encoded = 0
-    for name, path, wav, wav_sr, description in iterator:
+    for name, path, wav, wav_sr, description, conditioning in iterator:
         try:
             if path is not None:
                 wav, wav_sr = load_audio(path)
@@ -466,33 +643,37 @@ def build_probe_set(
                 raise NoiseProbeError(
                     f"Expected finite, non-empty audio of shape [C, S] for '{name}' but got shape {tuple(wav.shape)}."
                 )
-            wav = convert_audio(wav.float(), wav_sr, sr, backend.channels)[..., :max_samples]
-            tokens_available = int(wav.shape[-1] * frame_rate // sr)
+            prepared = prepare_clip(
+                wav, wav_sr, spec, sample_rate=sr, channels=backend.channels, frame_rate=frame_rate
+            )
+            num_samples = prepared.clean.shape[-1]
+            tokens_available = int(num_samples * frame_rate // sr)
             if tokens_available < min_tokens:
                 raise NoiseProbeError(
-                    f"Clip '{name}' is too short: {wav.shape[-1] / sr:.2f} s ({tokens_available} tokens) but the largest"
+                    f"Clip '{name}' is too short: {num_samples / sr:.2f} s ({tokens_available} tokens) but the largest"
                     f" window ends at token {spec.max_window_end} (+{spec.margin} margin)."
                     " Use longer clips or a smaller onset/length."
                 )
-            audio_hash = hash_tensor(wav)
+            audio_hash = prepared.audio_hash
             if codec_hash is None:
                 codec_hash = backend.codec_fingerprint()
             key = _cache_key(audio_hash, spec, backend, codec_hash)
-            frames = wav.shape[-1] * frame_rate / sr
+            frames = num_samples * frame_rate / sr
             layout = _EntryLayout(
                 num_codebooks, cardinality, len(perts), math.floor(frames), math.ceil(frames)
             )
             entry = _load_cached(cache, key, layout)
             if entry is None:
-                perturbed = torch.stack(
-                    [perturb_clip(wav, sr, frame_rate, spec, p, audio_hash) for p in perts]
+                copies = [prepared.perturbed(p) for p in perts]
+                # the clean clip in the batch shape of the copies
+                clean_codes = backend.encode(prepared.clean[None]).cpu()[0]
+                T = clean_codes.shape[-1]
+                codes = _encode_copies(backend, copies, encode_batch_size)
+                tokens = torch.tensor([c.shape[-1] for c in codes], dtype=torch.long)
+                padded = torch.stack(
+                    [torch.nn.functional.pad(c, (0, T - c.shape[-1])) for c in codes]
                 )
-                clean_codes = backend.encode(wav[None]).cpu()[0]  # same batch shape as the copies
-                chunks = [
-                    backend.encode(perturbed[i : i + encode_batch_size]).cpu()
-                    for i in range(0, len(perts), encode_batch_size)
-                ]
-                entry = (clean_codes, torch.cat(chunks))
+                entry = (clean_codes, padded, tokens)
                 if not _store_cached(cache if writable else None, key, entry):
                     writable = False  # keep reading valid entries, stop writing
                 encoded += 1
@@ -502,10 +683,13 @@ def build_probe_set(
             skipped.append({"path": name, "reason": str(err)})
             log.warning("Skipping probe clip: %s", err)
             continue
-        clean_codes, pert_codes = entry
-        clips.append(ProbeClip(name, description, audio_hash, int(clean_codes.shape[-1])))
+        clean_codes, pert_codes, pert_tokens = entry
+        clips.append(
+            ProbeClip(name, description, audio_hash, int(clean_codes.shape[-1]), conditioning)
+        )
         clean_list.append(clean_codes)
         pert_list.append(pert_codes)
+        tokens_list.append(pert_tokens)
 
     if not clips:
         shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
@@ -520,5 +704,15 @@ def build_probe_set(
     clean = torch.stack([torch.nn.functional.pad(c, (0, T - c.shape[-1])) for c in clean_list])
     pert = torch.stack([torch.nn.functional.pad(c, (0, T - c.shape[-1])) for c in pert_list])
     return ProbeSet(
-        spec, clips, perts, clean, pert, frame_rate, sr, backend.channels, skipped, encoded
+        spec,
+        clips,
+        perts,
+        clean,
+        pert,
+        frame_rate,
+        sr,
+        backend.channels,
+        skipped,
+        encoded,
+        torch.stack(tokens_list),
     )

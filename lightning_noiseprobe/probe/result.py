@@ -56,6 +56,9 @@ class ProbeResult:
         perturbed: ``[N, P, T]`` codebook-averaged perturbed per-token loss.
         clean_per_codebook: ``[N, K, T]``; perturbed_per_codebook: ``[N, P, K, T]``.
         valid: ``[N, T]`` bool.
+        pair_clean: ``[N, P, T]`` each copy's clean counterpart on the copy's timeline
+            (:func:`~lightning_noiseprobe.functional.align.align_deleted`: re-indexed
+            for deletions, else ``clean``); pair_valid: ``[N, P, T]`` tokens compared.
         analysis: :class:`CurveAnalysis` of batch shape ``[N, P]``.
         summary: headline metrics (finite values only): means over clips x
             perturbations, which leave out empty regions, and next to them the
@@ -78,6 +81,10 @@ class ProbeResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     model_name: str | None = None
     backend_info: dict[str, Any] = field(default_factory=dict)
+    pair_clean: torch.Tensor | None = None
+    pair_valid: torch.Tensor | None = None
+    #: per clip: ``{"conditioning": one of CONDITIONINGS, "description": text or None}``
+    conditioning: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -92,6 +99,8 @@ class ProbeResult:
         analysis: CurveAnalysis,
         model_name: str | None = None,
         backend_info: dict[str, Any] | None = None,
+        pair_clean: torch.Tensor | None = None,
+        pair_valid: torch.Tensor | None = None,
     ) -> ProbeResult:
         metrics = analysis.metrics()
         keys = [(p.group, p.length) for _ in probe_set.clips for p in probe_set.perturbations]
@@ -122,6 +131,12 @@ class ProbeResult:
             skipped=list(probe_set.skipped),
             model_name=model_name,
             backend_info=dict(backend_info or {}),
+            pair_clean=pair_clean,
+            pair_valid=pair_valid,
+            conditioning=[
+                {"conditioning": c.conditioning, "description": c.description}
+                for c in probe_set.clips
+            ],
         )
 
     # ------------------------------------------------------------------ views
@@ -134,12 +149,19 @@ class ProbeResult:
             clip, pert = self.clip_names[i // P], self.perturbations[i % P]
             entry: dict[str, Any] = {
                 "path": clip,
+                "kind": pert.kind,
                 "noise": pert.group,
                 "length": pert.length,
                 "onset": pert.onset,
             }
             if pert.kind == "shuffle":
                 entry["segment"] = pert.segment
+            elif pert.kind == "reorder":
+                entry["segment_range"] = list(pert.segment_range)
+            elif pert.kind == "bandstop":
+                entry["band_hz"] = list(pert.band)
+            if self.conditioning:
+                entry.update(self.conditioning[i // P])
             entry.update(rec)
             out.append(entry)
         return out
@@ -151,6 +173,10 @@ class ProbeResult:
             "backend": self.backend_info,
             "spec": self.spec,
             "num_clips": len(self.clip_names),
+            "conditioning": {
+                how: sum(c["conditioning"] == how for c in self.conditioning)
+                for how in sorted({c["conditioning"] for c in self.conditioning})
+            },
             "summary": {k: self.summary[k] for k in SUMMARY_METRICS if k in self.summary}
             | {k: v for k, v in self.summary.items() if k.endswith("_p")},
             "by_length": {
@@ -161,12 +187,27 @@ class ProbeResult:
         }
 
     def mean_curves(self) -> dict[str, torch.Tensor]:
-        """Per-perturbation means over clips: ``clean [T]``, ``perturbed [P, T]``, ``delta [P, T]``."""
+        """Means over clips: ``clean [T]`` and ``valid [T]``; per perturbation, on its own
+        timeline, ``pair_clean [P, T]`` (the aligned clean curve), ``perturbed [P, T]``,
+        ``delta [P, T]`` and ``pair_valid [P, T]``."""
         v = self.valid.float()
-        count = v.sum(0).clamp_min(1)
-        clean = (self.clean * v).sum(0) / count
-        pert = (self.perturbed * v[:, None]).sum(0) / count
-        return {"clean": clean, "perturbed": pert, "delta": pert - clean, "valid": v.sum(0) > 0}
+        clean = (self.clean * v).sum(0) / v.sum(0).clamp_min(1)
+        if self.pair_clean is None or self.pair_valid is None:
+            pair_clean = self.clean[:, None].expand_as(self.perturbed)
+            pv = v[:, None].expand_as(self.perturbed)
+        else:
+            pair_clean, pv = self.pair_clean, self.pair_valid.float()
+        count = pv.sum(0).clamp_min(1)
+        mean_pair = (pair_clean * pv).sum(0) / count
+        pert = (self.perturbed * pv).sum(0) / count
+        return {
+            "clean": clean,
+            "valid": v.sum(0) > 0,
+            "pair_clean": mean_pair,
+            "perturbed": pert,
+            "delta": pert - mean_pair,
+            "pair_valid": pv.sum(0) > 0,
+        }
 
     # ------------------------------------------------------------------ output
     def save(self, out_dir: str | os.PathLike[str], figures: bool = True) -> list[Path]:
@@ -205,6 +246,9 @@ class ProbeResult:
             "start": self.analysis.start.numpy(),
             "regions": self.analysis.regions.numpy(),
         }
+        if self.pair_clean is not None and self.pair_valid is not None:
+            arrays["pair_clean"] = self.pair_clean.numpy()
+            arrays["pair_valid"] = self.pair_valid.numpy()
         arrays.update({f"metric_{k}": v.numpy() for k, v in self.analysis.metrics().items()})
         with open(folder / "curves.npz", "wb") as fh:
             np.savez_compressed(fh, **arrays)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.functional.align import align_deleted
 from lightning_noiseprobe.functional.curves import (
     analyze_curves,
     codebook_average,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PRECISIONS",
+    "pair_curves",
     "precision_context",
     "result_from_nll",
     "score_nll",
@@ -225,7 +227,7 @@ def score_nll(
 
     Returns:
         ``(nll, mask)`` on CPU, ``[N, 1 + P, K, T]`` (index 0 of dim 1: the clean clip);
-        ``mask`` also excludes tokens past each clip's end.
+        ``mask`` also excludes tokens past each clip's (and each copy's) end.
     """
     if device is None:
         device = next(backend.lm.parameters()).device
@@ -287,7 +289,7 @@ def score_nll(
         if bar is not None:
             bar.close()
     token_valid = probe_set.token_valid()  # [N, T]
-    full_valid = torch.cat([token_valid, token_valid.repeat_interleave(P, dim=0)])
+    full_valid = torch.cat([token_valid, probe_set.perturbed_valid().reshape(N * P, T)])
     mask = mask & full_valid[:, None, :]
     rows = torch.cat([nll[:N, None], nll[N:].reshape(N, P, K, T)], dim=1)
     row_mask = torch.cat([mask[:N, None], mask[N:].reshape(N, P, K, T)], dim=1)
@@ -311,7 +313,10 @@ def result_from_nll(
     clean_curves, pert_curves = curves[:N], curves[N:].reshape(N, P, T)
     clean_cb, pert_cb = nll[:, 0], nll[:, 1:]
     valid_clean = valid[:N]
-    analysis = analyze_from_curves(probe_set, clean_curves, pert_curves, valid_clean)
+    pair_clean, pair_valid = pair_curves(
+        probe_set, clean_curves, valid_clean, valid[N:].reshape(N, P, T)
+    )
+    analysis = analyze_from_curves(probe_set, pair_clean, pert_curves, pair_valid)
     return ProbeResult.build(
         probe_set=probe_set,
         clean=clean_curves,
@@ -319,6 +324,8 @@ def result_from_nll(
         clean_per_codebook=clean_cb,
         perturbed_per_codebook=pert_cb,
         valid=valid_clean,
+        pair_clean=pair_clean,
+        pair_valid=pair_valid,
         analysis=analysis,
         model_name=model_name,
         backend_info=backend.describe(),
@@ -361,27 +368,75 @@ def score_probe_set(
     return result_from_nll(backend, probe_set, nll, mask, model_name=model_name)
 
 
+def _onsets_removed(probe_set: ProbeSet, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, P]`` onset and removed tokens of every clip x perturbation."""
+    perts = probe_set.perturbations
+    onsets = torch.tensor([p.onset for p in perts], dtype=torch.long).expand(N, len(perts))
+    removed = torch.tensor([p.removed for p in perts], dtype=torch.long).expand(N, len(perts))
+    return onsets, removed
+
+
+def pair_curves(
+    probe_set: ProbeSet,
+    clean: torch.Tensor,
+    valid_clean: torch.Tensor,
+    valid_perturbed: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each perturbed copy's clean counterpart, on the copy's timeline.
+
+    :func:`~lightning_noiseprobe.functional.align.align_deleted` re-indexes the clean
+    curve for deletions (identity for the other perturbations).
+
+    Args:
+        clean: ``[N, T]`` clean curves; valid_clean: ``[N, T]``.
+        valid_perturbed: ``[N, P, T]`` tokens valid in each perturbed copy.
+
+    Returns:
+        ``(pair_clean [N, P, T], pair_valid [N, P, T])``: tokens valid in both.
+    """
+    N, P, T = valid_perturbed.shape
+    onsets, removed = _onsets_removed(probe_set, N)
+    pair_clean, in_range = align_deleted(clean[:, None].expand(N, P, T), onsets, removed)
+    aligned_valid, _ = align_deleted(valid_clean[:, None].expand(N, P, T), onsets, removed)
+    return pair_clean, aligned_valid & in_range & valid_perturbed
+
+
 def analyze_from_curves(
     probe_set: ProbeSet, clean: torch.Tensor, perturbed: torch.Tensor, valid: torch.Tensor
 ) -> Any:
-    """Run :func:`~lightning_noiseprobe.functional.curves.analyze_curves` over ``[N, P, T]``."""
+    """Run :func:`~lightning_noiseprobe.functional.curves.analyze_curves` over ``[N, P, T]``.
+
+    ``clean`` and ``valid`` are the pairs of :func:`pair_curves` (``[N, P, T]``; a clean
+    ``[N, T]`` is broadcast). A deletion is analysed on its copy's timeline with the
+    window ``[onset, onset + removed)`` after the cut.
+    """
     N, P, T = perturbed.shape
-    onsets = torch.tensor([p.onset for p in probe_set.perturbations]).expand(N, P)
+    if clean.ndim == 2:
+        clean = clean[:, None, :].expand(N, P, T)
+    if valid.ndim == 2:
+        valid = valid[:, None, :].expand(N, P, T)
+    onsets, removed = _onsets_removed(probe_set, N)
     lengths = torch.tensor([p.length for p in probe_set.perturbations]).expand(N, P)
+    clean_codes, _ = align_deleted(
+        probe_set.clean_codes[:, None].expand_as(probe_set.perturbed_codes),
+        onsets[..., None],
+        removed[..., None],
+    )
     analysis = analyze_curves(
-        clean[:, None, :].expand(N, P, T),
+        clean,
         perturbed,
         onsets,
         lengths,
-        valid=valid[:, None, :].expand(N, P, T),
-        clean_codes=probe_set.clean_codes[:, None].expand_as(probe_set.perturbed_codes),
+        valid=valid,
+        clean_codes=clean_codes,
         perturbed_codes=probe_set.perturbed_codes,
         smoothing=probe_set.spec.smoothing,
         margin=probe_set.spec.margin,
         regions=probe_set.spec.regions,
     )
     if probe_set.spec.regions == "default":
-        # Recovery ends at each clip's own last token, not at the padded length
+        # Recovery ends at each copy's own last token, not at the padded length
         # (the authors' rule already ends each curve at its last valid token).
-        analysis.regions[..., 2, 1] = probe_set.num_tokens[:, None].expand(N, P)
+        end = torch.minimum(probe_set.perturbed_num_tokens, probe_set.num_tokens[:, None] - removed)
+        analysis.regions[..., 2, 1] = end
     return analysis

@@ -10,44 +10,86 @@ from typing import Any
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe._hashing import hash_json
 
-__all__ = ["PAPER_LENGTHS", "Perturbation", "ProbeSpec"]
+__all__ = ["INJECT_AT", "PAPER_LENGTHS", "PERTURBATION_KINDS", "Perturbation", "ProbeSpec"]
 
 #: Injection lengths of the paper's protocol, in tokens (0.1 ... 4.0 s at 50 Hz).
 PAPER_LENGTHS = (5, 10, 50, 100, 150, 200)
 
 
+#: Perturbation kinds: noise injection, segment shuffling, token deletion,
+#: random variable-length reordering, frequency-band deletion.
+PERTURBATION_KINDS = ("noise", "shuffle", "delete", "reorder", "bandstop")
+
+#: Where the probe perturbs a clip: in the file's own rate and channels, then converts
+#: to the model's (the paper's protocol), or after converting.
+INJECT_AT = ("source", "model")
+
+
 @dataclass(frozen=True)
 class Perturbation:
-    """One perturbation of a clip: noise injection or order shuffling.
+    """One perturbation of a clip.
 
-    ``group`` names the family it is aggregated in: the noise colour, or
-    ``shuffle<segment>`` for order shuffling.
+    ``group`` names the family it is aggregated in: the noise colour,
+    ``shuffle<segment>``, ``delete``, ``reorder<min>-<max>`` or ``bandstop<low>-<high>``.
+    ``length`` is the window in tokens; for ``delete`` it is the number of tokens
+    removed at ``onset``.
     """
 
-    kind: str  # "noise" | "shuffle"
+    kind: str  # one of PERTURBATION_KINDS
     onset: int
     length: int
     noise: str = "white"
     segment: int = 0
+    segment_range: tuple[int, int] = (0, 0)
+    band: tuple[float, float] = (0.0, 0.0)
 
     @property
     def group(self) -> str:
-        return self.noise if self.kind == "noise" else f"shuffle{self.segment}"
+        if self.kind == "noise":
+            return self.noise
+        if self.kind == "shuffle":
+            return f"shuffle{self.segment}"
+        if self.kind == "reorder":
+            return f"reorder{self.segment_range[0]}-{self.segment_range[1]}"
+        if self.kind == "bandstop":
+            return f"bandstop{self.band[0]:g}-{self.band[1]:g}"
+        return self.kind
 
     @property
     def key(self) -> str:
         """Stable identifier, used to derive this perturbation's seed."""
         if self.kind == "noise":
             return f"noise:{self.noise}:{self.onset}:{self.length}"
-        return f"shuffle:{self.segment}:{self.onset}:{self.length}"
+        if self.kind == "shuffle":
+            return f"shuffle:{self.segment}:{self.onset}:{self.length}"
+        if self.kind == "reorder":
+            lo, hi = self.segment_range
+            return f"reorder:{lo}-{hi}:{self.onset}:{self.length}"
+        if self.kind == "bandstop":
+            return f"bandstop:{self.band[0]:g}-{self.band[1]:g}:{self.onset}:{self.length}"
+        return f"{self.kind}:{self.onset}:{self.length}"
+
+    @property
+    def removed(self) -> int:
+        """Tokens the perturbation removes from the clip (a deletion's length, else 0)."""
+        return self.length if self.kind == "delete" else 0
+
+    @property
+    def span(self) -> int:
+        """The clean tokens it needs: ``onset + length``; for a deletion ``onset + 2 * length``
+        (the removed tokens, then as many after the cut for the analysis window)."""
+        return self.onset + self.length + self.removed
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
     """The perturbations of a probe set, and how curves are analysed.
 
-    Defaults follow the paper: 15 s clips, onset at token 250 (5 s), white noise
-    replacing the window at -30 dBFS RMS, lengths 5/10/50/100/150/200 tokens.
+    Defaults follow the paper and the authors' scripts: 15 s clips, onset at token
+    250 (5 s), white noise replacing the window at -30 dBFS RMS per channel, lengths
+    5/10/50/100/150/200 tokens, injected into each file at its own sample rate and
+    channels before it is converted to the model's (``inject_at="source"``), with
+    one noise draw per clip shared by every length (``nested_noise``).
 
     Args:
         onset: injection onset in tokens.
@@ -66,6 +108,28 @@ class ProbeSpec:
             :func:`~lightning_noiseprobe.functional.curves.authors_regions`; needs
             ``onset >= 51``). Analysis only: it is left out of :meth:`to_dict` (and so
             of :meth:`hash`) when ``"default"``, and never changes the token cache.
+        inject_at: ``"source"`` (default, the paper's protocol): perturb each clip at
+            the file's own sample rate and channels (noise per channel), then mix down
+            and resample to the model's; ``"model"``: convert first, then perturb.
+            Windows are in model tokens either way and map to the same time
+            (:func:`~lightning_noiseprobe.perturbations.inject.token_window_to_samples`
+            at the rate where the perturbation runs). For a stereo file the model then
+            hears the noise about 3 dB quieter than the nominal level (two independent
+            channels averaged), as in the authors' scripts.
+        nested_noise: (default) one noise draw per clip, colour and onset, coloured for
+            the longest length: every shorter window is its start, up to the gain that
+            sets the window's level exactly (the authors reuse one seed for every
+            length). ``False`` draws independent noise per length.
+        delete_lengths: token deletions: remove this many tokens' worth of audio at
+            ``onset`` (the clip gets shorter; see
+            :func:`~lightning_noiseprobe.functional.align.align_deleted`).
+        reorder_lengths: windows (tokens from ``onset``) cut into segments of random
+            lengths in ``reorder_segment`` and randomly reordered.
+        reorder_segment: ``(min, max)`` segment length of the reorderings, in tokens.
+        bandstop_lengths: windows (tokens from ``onset``) where ``bandstop_band`` is
+            deleted with a brick-wall band-stop.
+        bandstop_band: ``(low_hz, high_hz)`` band of the band-stops (default the
+            authors' 2000-20000 Hz; cut at the Nyquist frequency).
 
     Example:
         >>> spec = ProbeSpec(lengths=(5, 100), noises=("white", "pink"))
@@ -88,13 +152,29 @@ class ProbeSpec:
     smoothing: int = 5
     margin: int = 5
     regions: str = "default"
+    inject_at: str = "source"
+    nested_noise: bool = True
+    delete_lengths: tuple[int, ...] = field(default=())
+    reorder_lengths: tuple[int, ...] = field(default=())
+    reorder_segment: tuple[int, int] = (5, 50)
+    bandstop_lengths: tuple[int, ...] = field(default=())
+    bandstop_band: tuple[float, float] = (2000.0, 20000.0)
 
     def __post_init__(self) -> None:
         from lightning_noiseprobe.functional.curves import check_region_settings
         from lightning_noiseprobe.perturbations.noise import check_noise_color
 
         # accept lists (YAML / LightningCLI) but store tuples so the spec stays hashable
-        for name in ("lengths", "noises", "shuffle_segments"):
+        for name in (
+            "lengths",
+            "noises",
+            "shuffle_segments",
+            "delete_lengths",
+            "reorder_lengths",
+            "reorder_segment",
+            "bandstop_lengths",
+            "bandstop_band",
+        ):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Sequence):
                 raise NoiseProbeError(
@@ -105,16 +185,62 @@ class ProbeSpec:
             raise NoiseProbeError(
                 f"Expected argument `onset` to be an integer >= 2 tokens (peak sharpness needs clean tokens before it) but got {self.onset!r}."
             )
-        if not self.lengths and not self.shuffle_segments:
+        lists = ("lengths", "shuffle_segments", "delete_lengths", "reorder_lengths")
+        if not any(getattr(self, name) for name in (*lists, "bandstop_lengths")):
             raise NoiseProbeError(
-                "Expected at least one of `lengths` or `shuffle_segments` but got neither."
+                "Expected at least one perturbation (`lengths`, `shuffle_segments`,"
+                " `delete_lengths`, `reorder_lengths` or `bandstop_lengths`) but got none."
             )
-        for length in self.lengths:
-            if not isinstance(length, int) or length <= 0:
+        for name in ("lengths", "delete_lengths", "reorder_lengths", "bandstop_lengths"):
+            for length in getattr(self, name):
+                if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+                    raise NoiseProbeError(
+                        f"Expected argument `{name}` to hold positive integers but got {length!r}."
+                    )
+        if self.inject_at not in INJECT_AT:
+            raise NoiseProbeError(
+                f"Expected argument `inject_at` to be one of {list(INJECT_AT)} but got {self.inject_at!r}."
+            )
+        if not isinstance(self.nested_noise, bool):
+            raise NoiseProbeError(
+                f"Expected argument `nested_noise` to be True or False but got {self.nested_noise!r}."
+            )
+        rseg = self.reorder_segment
+        if (
+            len(rseg) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in rseg)
+            or not 1 <= rseg[0] <= rseg[1]
+        ):
+            raise NoiseProbeError(
+                f"Expected argument `reorder_segment` to be (min, max) whole tokens with 1 <= min <= max but got {rseg!r}."
+            )
+        for window in self.reorder_lengths:
+            if window <= rseg[1]:
                 raise NoiseProbeError(
-                    f"Expected argument `lengths` to hold positive integers but got {length!r}."
+                    f"Expected `reorder_lengths` to be longer than the largest segment {rseg[1]}"
+                    f" (reorder_segment={rseg}), so that each window holds 2 segments, but got {window}."
                 )
-        for name in ("lengths", "noises", "shuffle_segments"):
+        band = self.bandstop_band
+        if (
+            len(band) != 2
+            or any(
+                isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                for v in band
+            )
+            or not 0 <= band[0] < band[1]
+        ):
+            raise NoiseProbeError(
+                f"Expected argument `bandstop_band` to be (low_hz, high_hz) with 0 <= low_hz < high_hz but got {band!r}."
+            )
+        object.__setattr__(self, "bandstop_band", (float(band[0]), float(band[1])))
+        for name in (
+            "lengths",
+            "noises",
+            "shuffle_segments",
+            "delete_lengths",
+            "reorder_lengths",
+            "bandstop_lengths",
+        ):
             values = getattr(self, name)
             repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
             if repeated:
@@ -161,7 +287,8 @@ class ProbeSpec:
         check_region_settings(self.smoothing, self.margin)
 
     def perturbations(self) -> list[Perturbation]:
-        """Every perturbation, noises first (by colour, then length), then shuffles."""
+        """Every perturbation: noises (by colour, then length), shuffles, deletions,
+        reorderings, band-stops."""
         out = [
             Perturbation("noise", self.onset, length, noise=noise)
             for noise in self.noises
@@ -171,12 +298,29 @@ class ProbeSpec:
             Perturbation("shuffle", self.onset, self.shuffle_length, segment=seg)
             for seg in self.shuffle_segments
         ]
+        out += [Perturbation("delete", self.onset, n) for n in self.delete_lengths]
+        out += [
+            Perturbation("reorder", self.onset, n, segment_range=self.reorder_segment)
+            for n in self.reorder_lengths
+        ]
+        out += [
+            Perturbation("bandstop", self.onset, n, band=self.bandstop_band)
+            for n in self.bandstop_lengths
+        ]
         return out
+
+    def nest_length(self, pert: Perturbation) -> int | None:
+        """The length the noise of ``pert`` is drawn for: the longest of ``lengths`` when
+        ``nested_noise``, else ``None`` (its own window)."""
+        if pert.kind != "noise" or not self.nested_noise:
+            return None
+        return max(self.lengths)
 
     @property
     def max_window_end(self) -> int:
-        """The largest ``onset + length`` over all perturbations, in tokens."""
-        return max(p.onset + p.length for p in self.perturbations())
+        """The clean tokens the perturbations need: the largest ``onset + length``
+        (``onset + 2 * length`` for a deletion: see :attr:`Perturbation.span`)."""
+        return max(p.span for p in self.perturbations())
 
     @property
     def min_tokens(self) -> int:
@@ -201,10 +345,17 @@ class ProbeSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeSpec:
+        """The spec of a :meth:`to_dict`; a dict written before ``inject_at`` existed
+        describes the protocol of that time (``inject_at="model"``, independent noise)."""
+        data = dict(data)
+        if "inject_at" not in data:
+            data.setdefault("nested_noise", False)
+            data["inject_at"] = "model"
         return cls(**data)
 
     def tokenization_key(self) -> dict[str, Any]:
-        """The fields that change the perturbed audio (and so the cached codes)."""
+        """The fields that change the perturbed audio (and so the cached codes): all but
+        the analysis settings ``smoothing``, ``margin`` and ``regions``."""
         data = self.to_dict()
         for name in ("smoothing", "margin", "regions"):
             data.pop(name, None)
