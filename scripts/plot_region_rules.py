@@ -3,7 +3,7 @@
     .venv/bin/python scripts/plot_region_rules.py                       # the test fixture
     .venv/bin/python scripts/plot_region_rules.py --curves runs/probe/curves.npz
 
-Reads per-token curves (``tests/fixtures/demo_curves.npz``, or the ``curves.npz`` that
+Reads per-token curves (``tests/fixtures/demo_curves_nested.npz``, or the ``curves.npz`` that
 ``noiseprobe probe`` writes), detects the regions with both rules of
 ``lightning_noiseprobe.functional.curves.analyze_curves``, writes the side-by-side
 figure (``docs/region_rules.png``) and prints the region means as a Markdown table.
@@ -131,7 +131,8 @@ def figure(c: dict, results: dict, cases: list[tuple[int, int]], out: Path) -> N
     axes[0, 1].legend(handles=line_handles + handles, fontsize=7, loc="upper right")
     fig.suptitle(
         "Regions on the demo model's curves: this project's default rule (left) vs the authors'"
-        " Fig. 4 code (right); dotted: injection window",
+        " Fig. 4 code (right); dotted: injection window; brown: their Peak running into their"
+        " Recovery",
         fontsize=10,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -141,12 +142,14 @@ def figure(c: dict, results: dict, cases: list[tuple[int, int]], out: Path) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--curves", type=Path, default=ROOT / "tests/fixtures/demo_curves.npz")
+    parser.add_argument(
+        "--curves", type=Path, default=ROOT / "tests/fixtures/demo_curves_nested.npz"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs/region_rules.png")
     parser.add_argument(
         "--cases",
-        default="0:10,3:10,3:50,2:150",
-        help="clip:length pairs to draw, one row each (default 0:10,3:10,3:50,2:150)",
+        default="3:5,0:10,0:100,2:200",
+        help="clip:length pairs to draw, one row each (default 3:5,0:10,0:100,2:200)",
     )
     args = parser.parse_args()
     c = load(args.curves)

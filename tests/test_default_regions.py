@@ -1,10 +1,12 @@
 """The default region rule on real curves: the demo's chorale-trained model (tests/fixtures).
 
-The fixture holds the per-token losses of the 4 held-out chorales of ``make demo``
-(clean, and white noise at token 250 for 5 ... 200 tokens); tests/fixtures/README.md
-says how it was made. On these curves the previous default rule emptied the Peak of
-two clips whose difference stays near +1 for the whole window, started Recovery
-inside the noise, and moved its boundaries by up to 159 tokens under small noise.
+Each fixture holds the per-token losses of the 4 held-out chorales of ``make demo``
+(clean, and white noise at token 250 for 5 ... 200 tokens), once with the probe's
+default nested noise and once with ``--independent-noise``; tests/fixtures/README.md
+says how they were made. On these curves the previous default rule emptied the Peak
+of clips whose difference stays near +1 for the whole window (2 of 24 with independent
+noise), started Recovery inside the noise (2-3 of 24), and its boundaries moved by up
+to 62 tokens under noise of std 0.02-0.05.
 """
 
 from __future__ import annotations
@@ -17,25 +19,32 @@ import pytest
 import torch
 
 from lightning_noiseprobe.functional.aggregate import nan_mean_std
-from lightning_noiseprobe.functional.curves import analyze_curves, moving_average
+from lightning_noiseprobe.functional.curves import (
+    analyze_curves,
+    moving_average,
+    moving_median,
+)
 
-FIXTURE = Path(__file__).parent / "fixtures" / "demo_curves.npz"
+FIXTURES = Path(__file__).parent / "fixtures"
 MARGIN = 5  # the default margin of analyze_curves and ProbeSpec
 
 
-@pytest.fixture(scope="module")
-def demo():
-    z = np.load(FIXTURE)
+def _load(name):
+    z = np.load(FIXTURES / f"demo_curves_{name}.npz")
     curves = {
         "clean": torch.from_numpy(z["clean"]),  # [N, T]
         "perturbed": torch.from_numpy(z["perturbed"]),  # [N, P, T]
         "start": torch.from_numpy(z["start"]).long(),  # [N, P] first differing token
         "onset": int(z["onset"]),
         "lengths": torch.from_numpy(z["lengths"]).long(),  # [P]
-        "clips": [str(c) for c in z["clips"]],
     }
     assert curves["perturbed"].shape == (4, 6, 750)
     return curves
+
+
+@pytest.fixture(scope="module", params=["nested", "independent"])
+def demo(request):
+    return _load(request.param)
 
 
 def _analyze(demo, perturbed=None, keep=None, regions="default"):
@@ -57,33 +66,40 @@ def _analyze(demo, perturbed=None, keep=None, regions="default"):
 
 def test_recovery_never_starts_inside_the_window(demo):
     a = _analyze(demo)
-    window_end = demo["onset"] + demo["lengths"]
+    cap = (demo["onset"] + demo["lengths"] + MARGIN).expand(4, 6)
     # Assimilation ends, and Recovery starts, at the window end + margin on every curve
-    assert torch.equal(a.regions[..., 1, 1], (window_end + MARGIN).expand(4, 6))
-    assert torch.equal(a.regions[..., 2, 0], (window_end + MARGIN).expand(4, 6))
+    assert torch.equal(a.regions[..., 1, 1], cap) and torch.equal(a.regions[..., 2, 0], cap)
     assert (a.regions[..., 2, 1] == 750).all()
     # ... and the response really is over there: the difference is ~0 in Recovery
     assert float(a.recovery_mean.abs().max()) < 0.02
 
 
-def test_lead_in_cannot_empty_the_peak(demo):
+def test_lead_in_and_short_dips_do_not_end_the_peak(demo):
     a = _analyze(demo)
-    onset, start = demo["onset"], demo["start"]
+    onset, start, lengths = demo["onset"], demo["start"], demo["lengths"]
     delta = demo["perturbed"] - demo["clean"][:, None]
-    # the trap is in the data: for clip 0 at 10 tokens and clip 2 at 150 tokens, the
-    # 5-token average is below zero from the first differing token for 5 tokens
-    # (the codes change before the noise; there the previous rule ended the Peak)
-    for i, j in ((0, 1), (2, 4)):
-        s = int(start[i, j])
-        assert s < onset
-        assert (moving_average(delta[i, j], 5)[s : s + 5] <= 0).all()
-        window_end = onset + int(demo["lengths"][j])
-        assert float(delta[i, j, onset + 2 : window_end].mean()) > 0.5  # clearly positive after
-        # now the Peak spans the whole window, as the difference does
-        assert a.regions[i, j, 0].tolist() == [s, window_end + MARGIN]
-    # on every curve the Peak holds the onset and at least 5 tokens of noise
+    smoothed = moving_average(delta, 5)
+    quiet = (smoothed <= 0) & (moving_median(delta, 5) <= 0)
+    lead_in_traps = dips = 0
+    for i in range(4):
+        for j in range(6):
+            s, end = int(start[i, j]), onset + int(lengths[j])
+            mean_after = float(delta[i, j, onset + 2 : end].mean())
+            # where the codes change before the noise, the 5-token average is below zero
+            # for 5 tokens from the start: the previous rule ended the Peak there
+            if s < onset and (smoothed[i, j, s : s + 5] <= 0).all() and mean_after > 0.5:
+                lead_in_traps += 1
+                assert a.regions[i, j, 0].tolist() == [s, end + MARGIN], (i, j)
+            # a 5-token dip inside a window whose difference stays clearly positive
+            runs = quiet[i, j].float().unfold(-1, 5, 1).amin(-1) > 0
+            mid = runs[onset + 10 : end - 40]
+            if mid.numel() and mid.any() and mean_after > 0.5:
+                dips += 1
+                assert a.regions[i, j, 0].tolist() == [s, end + MARGIN], (i, j)
+    assert lead_in_traps + dips >= 1  # the fixture holds the cases this test is about
+    # on every curve the Peak holds the start and the first 4 tokens of noise
     assert (a.regions[..., 0, 0] == start).all()
-    assert (a.regions[..., 0, 1] >= onset + 5).all()
+    assert (a.regions[..., 0, 1] >= onset + 4).all()
     assert a.empty_counts()["peak_empty"] == 0
 
 
@@ -115,20 +131,19 @@ def test_boundaries_stable_under_small_noise(demo):
     moved = (regions - base.regions).abs()
     # only the Peak end depends on the loss: the start, the Assimilation end and the
     # Recovery start never move
-    assert (
-        moved[..., 0, 0].max() == 0 and moved[..., 1, 1].max() == 0 and moved[..., 2, 0].max() == 0
-    )
+    assert moved[..., 0, 0].max() == 0 and moved[..., 1, 1].max() == 0
+    assert moved[..., 2, 0].max() == 0
     peak_end = moved[..., 0, 1]
     print(
         f"Peak end moved: max {int(peak_end.max())} tokens; >2 tokens in"
         f" {float((peak_end > 2).float().mean()):.1%} of curve x trials;"
         f" curves that ever move: {int((peak_end.amax(0) > 0).sum())} of 24"
     )
-    # a near-tie at the end of a response (the difference crossing zero just before the
-    # window closes) moves it at most run + margin = 10 tokens; almost all stay put
+    # a near-tie where a short response ends just before its window closes moves it a few
+    # tokens (at most run + margin = 10); the other curves do not move at all
     assert int(peak_end.max()) <= 10
     assert float((peak_end > 2).float().mean()) < 0.05
-    assert int((peak_end.amax(0) > 0).sum()) <= 6
+    assert int((peak_end.amax(0) > 0).sum()) <= 4
 
 
 def test_empty_regions_are_counted_next_to_the_means(demo):
