@@ -845,7 +845,9 @@ def format_summary(summary: dict[str, float], title: str = "") -> str:
     lines = [title] if title else []
     for name in SUMMARY_METRICS:
         if name in summary:
-            lines.append(f"  {name:<20} {summary[name]: .4f}")
+            value = summary[name]
+            text = f"{value: .0f}" if name.endswith("_empty") else f"{value: .4f}"  # counts
+            lines.append(f"  {name:<20} {text}")
     return "\n".join(lines)
 
 
@@ -1031,13 +1033,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoothing",
         type=_integer("--smoothing"),
         default=5,
-        help="moving-average window, odd (default 5)",
+        help="moving-average and running-median window, odd (default 5)",
     )
     p.add_argument(
         "--margin",
         type=_integer("--margin"),
         default=5,
-        help="tokens after the window within which Peak/Assimilation end, >= 0 (default 5; default rule only)",
+        help="tokens after the window where Assimilation ends and Recovery starts, >= 0 (default 5; default rule only)",
     )
     _add_regions_arg(p)
     p.add_argument("--json", metavar="OUT", help="also write the result to this JSON file")

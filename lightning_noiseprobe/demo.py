@@ -24,6 +24,7 @@ TABLE_COLUMNS = (
     ("noiseprobe/peak_sharpness", "sharpness"),
     ("noiseprobe/peak_mean", "peak_mean"),
     ("noiseprobe/assimilation_mean", "assim_mean"),
+    ("noiseprobe/assimilation_empty", "assim_empty"),  # items the mean leaves out
     ("noiseprobe/recovery_mean", "recov_mean"),
     ("noiseprobe/delta_loss", "delta_loss"),
     ("noiseprobe/length_pearson", "len_r"),
@@ -67,8 +68,14 @@ class EpochTable(Callback):
         lines = ["  ".join(f"{h:>10}" for h in head)]
         for row in self.rows:
             cells = [f"{int(row['epoch']):>10d}"]
-            for key, _ in TABLE_COLUMNS:
-                cells.append(f"{row[key]:>10.4f}" if key in row else f"{'-':>10}")
+            for key, short in TABLE_COLUMNS:
+                width = max(10, len(short))
+                if key not in row:
+                    cells.append(f"{'-':>{width}}")
+                elif key.endswith("_empty"):  # a count
+                    cells.append(f"{row[key]:>{width}.0f}")
+                else:
+                    cells.append(f"{row[key]:>{width}.4f}")
             cells.append(f"{row.get('train_seconds', float('nan')):>10.1f}")
             cells.append(f"{row.get('probe_seconds', float('nan')):>10.1f}")
             lines.append("  ".join(cells))

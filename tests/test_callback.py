@@ -95,6 +95,12 @@ def test_metrics_monitored_logged_and_modes_restored(probe_dir, tmp_path):
     assert all(math.isfinite(v) for v in sharp)
     assert float(ckpt.best_model_score) == pytest.approx(max(sharp), rel=1e-6)
     assert "noiseprobe/white/len60/delta_loss" in trainer.callback_metrics
+    # the empty-region counts are logged next to the region means
+    regions = probe.last_result.analysis.regions
+    for k, name in enumerate(("peak", "assimilation", "recovery")):
+        count = int((regions[..., k, 1] <= regions[..., k, 0]).sum())
+        assert float(trainer.callback_metrics[f"noiseprobe/{name}_empty"]) == count
+        assert probe.history[-1][f"{name}_empty"] == count
     assert {name: m.training for name, m in model.named_modules()} == modes
 
     # TensorBoard event files, read back with tensorboard's own reader

@@ -15,6 +15,7 @@ from lightning_noiseprobe.functional.curves import (
     detect_regions,
     first_differing_token,
     moving_average,
+    moving_median,
 )
 
 
@@ -38,7 +39,10 @@ def test_paper_shape_regions_and_metrics():
     # the smoothing window (5) blurs the 5-token peak by at most 2 tokens either side
     assert 5 <= pe - ps <= 7
     assert as_ == pe
-    assert abs(ae - (onset + length)) <= 3
+    # Assimilation is the rest of the window: it ends, and Recovery starts, at the
+    # window end + the 5-token margin (the previous rule ended it where the curve
+    # came back above zero, within 3 tokens of the window end on this curve)
+    assert ae == onset + length + 5
     assert (rs, re) == (ae, T)
     assert float(a.peak_mean) > 1.0
     assert float(a.assimilation_mean) < -1.0
@@ -55,14 +59,16 @@ def test_paper_shape_regions_and_metrics():
 
 def test_boundary_is_first_of_five_consecutive_tokens():
     s = torch.tensor([1.0, 1, -1, -1, -1, -1, 1, -1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1, 1])
-    # the 4-token dip at 2..5 is not enough; the 5-token dip starts at 7
-    regions = detect_regions(s, start=0, window_end=15, margin=5)
-    assert regions.tolist() == [[0, 7], [7, 12], [12, 20]]
+    # the 4-token dip at 2..5 is not enough; the 5-token dip starts at 7 (smoothing=1:
+    # the curve is used as it is). The return above zero at 12 no longer ends the
+    # Assimilation: it runs to the window end + margin (10 + 5), where Recovery starts.
+    regions = detect_regions(s, start=0, onset=0, window_end=10, margin=5, smoothing=1)
+    assert regions.tolist() == [[0, 7], [7, 15], [15, 20]]
 
 
 def test_empty_peak_when_curve_drops_immediately():
     s = torch.tensor([0.0] * 5 + [-1.0] * 10 + [1.0] * 10)
-    regions = detect_regions(s, start=5, window_end=15, margin=0)
+    regions = detect_regions(s, start=5, onset=5, window_end=15, margin=0, smoothing=1)
     assert regions.tolist() == [[5, 5], [5, 15], [15, 25]]
     clean = torch.linspace(1, 2, 25)
     a = analyze_curves(clean, clean + s, onset=5, length=10, smoothing=1)
@@ -76,14 +82,66 @@ def test_empty_peak_when_curve_drops_immediately():
 def test_empty_assimilation_and_cap_for_short_injection():
     # a short injection whose loss never dips: the Peak stops at window end + margin
     s = torch.tensor([0.0] * 10 + [2.0] * 30)
-    regions = detect_regions(s, start=10, window_end=15, margin=5)
+    regions = detect_regions(s, start=10, onset=10, window_end=15, margin=5)
     assert regions.tolist() == [[10, 20], [20, 20], [20, 40]]
 
 
 def test_window_at_clip_end_gives_empty_recovery():
     s = torch.tensor([0.0] * 10 + [2.0] * 3 + [-1.0] * 7)
-    regions = detect_regions(s, start=10, window_end=20, margin=5)
+    regions = detect_regions(s, start=10, onset=10, window_end=20, margin=5, smoothing=1)
     assert regions.tolist() == [[10, 13], [13, 20], [20, 20]]
+
+
+def test_single_outlier_after_start_cannot_end_a_positive_peak():
+    # the demo's case: codes change 4 tokens before the onset (lead-in of small values
+    # of either sign, exact zeros before it), the difference stays near +1 for the whole
+    # window, and one token right after the onset is far below zero
+    T, onset, length, start = 120, 40, 50, 36
+    g = torch.Generator().manual_seed(5)
+    delta = torch.zeros(T)
+    delta[start:onset] = torch.tensor([-1.0, 0.4, -1.2, 0.2])
+    delta[onset : onset + length + 4] = 1.0 + 0.3 * torch.randn(length + 4, generator=g)
+    delta[onset + 1] = -9.0
+    smoothed = moving_average(delta, 5)
+    assert (smoothed[start : onset + 4] <= 0).all()  # 8 tokens: the previous rule's empty Peak
+    clean = torch.full((T,), 3.0) + 0.1 * torch.randn(T, generator=g)
+    a = analyze_curves(clean, clean + delta, onset, length, start=torch.tensor(start))
+    assert a.regions.tolist() == [[36, 95], [95, 95], [95, 120]]
+    assert float(a.peak_mean) > 0.7 and math.isnan(float(a.assimilation_mean))
+    assert a.empty_counts() == {"peak_empty": 0, "assimilation_empty": 1, "recovery_empty": 0}
+    # a dip of 5 tokens does not end it either: the loss climbs back above the clean curve
+    delta[onset + 2 : onset + 6] = -0.5
+    b = analyze_curves(clean, clean + delta, onset, length, start=torch.tensor(start))
+    assert b.regions[0].tolist() == [36, 95]
+    # the loss settling below the clean curve for the rest of the window does
+    delta[onset + 2 : onset + length] = -0.5
+    c = analyze_curves(clean, clean + delta, onset, length, start=torch.tensor(start))
+    assert c.regions.tolist() == [[36, onset], [onset, 95], [95, 120]]
+
+
+def test_assimilation_runs_to_window_end_through_positive_excursions():
+    # MusicGen-like: a 5-token Peak, then a plateau below zero that comes back above
+    # zero for 8 tokens inside the noise; those tokens are Assimilation, not Recovery
+    T, onset, length = 300, 60, 100
+    g = torch.Generator().manual_seed(6)
+    delta = torch.zeros(T)
+    delta[onset : onset + 5] = 2.0
+    delta[onset + 5 : onset + length] = -1.5 + 0.5 * torch.randn(length - 5, generator=g)
+    delta[onset + 40 : onset + 48] = 0.8
+    delta[onset + length :] = 0.2 * torch.randn(T - onset - length, generator=g)
+    regions = detect_regions(delta, start=onset - 3, onset=onset, window_end=onset + length)
+    (ps, pe), (as_, ae), (rs, re) = regions.tolist()
+    assert ps == onset - 3 and onset + 4 <= pe <= onset + 7
+    assert (as_, ae, rs, re) == (pe, onset + length + 5, onset + length + 5, T)
+
+
+def test_moving_median_ignores_outliers_and_invalid_tokens():
+    x = torch.tensor([1.0, 1.0, -9.0, 1.0, 1.0, -9.0, -9.0])
+    assert moving_median(x, 3).tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, -9.0, -9.0]
+    valid = torch.tensor([True, True, False, True, True, True, True])
+    assert moving_median(x, 5, valid).tolist()[:3] == [1.0, 1.0, 1.0]
+    with pytest.raises(NoiseProbeError, match="positive odd"):
+        moving_median(x, 4)
 
 
 def test_batched_matches_loop():

@@ -167,6 +167,15 @@ def test_cli_probe_writes_all_outputs(audio_dir, tmp_path, capsys):
     assert {s["path"].rsplit("/", 1)[-1] for s in doc["skipped"]} == {"corrupt.wav", "short.ogg"}
     clip = doc["clips"][0]
     assert set(clip["regions"]) == {"peak", "assimilation", "recovery"} and clip["onset"] == 60
+    # region means leave empty regions out; the summary says how many there were
+    for name in ("peak", "assimilation", "recovery"):
+        empty = [c for c in doc["clips"] if c["regions"][name][1] <= c["regions"][name][0]]
+        assert doc["summary"][f"{name}_empty"] == len(empty), name
+        assert all(c[f"{name}_mean"] is None for c in empty)
+        n = doc["by_length"]["white"]
+        assert sum(n[k][f"{name}_mean"]["n"] for k in n) == len(doc["clips"]) - len(empty)
+    # Recovery starts after every window and its margin
+    assert all(c["regions"]["recovery"][0] == 60 + c["length"] + 5 for c in doc["clips"])
     curves = np.load(out / "curves.npz")
     assert curves["perturbed"].shape == (3, 3, 200) and curves["clean_per_codebook"].shape == (
         3,

@@ -135,7 +135,10 @@ def summarize(
     plus the length correlations when ``lengths`` are given and they are defined.
 
     Metrics with no finite item are left out rather than reported as NaN, so
-    every value can be logged and monitored.
+    every value can be logged and monitored. A region mean is NaN where the region
+    is empty, so its mean here is over the non-empty items only: the probe's
+    summary reports how many were empty next to it (``<region>_empty``, from
+    :meth:`~lightning_noiseprobe.functional.curves.CurveAnalysis.empty_counts`).
 
     Example:
         >>> s = summarize({"delta_loss": torch.tensor([0.0, -0.2, -0.4]), "peak_mean": torch.tensor([1.0, float("nan"), 2.0])},

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lightning_noiseprobe.functional.aggregate import group_stats, summarize
-from lightning_noiseprobe.functional.curves import METRIC_NAMES, CurveAnalysis
+from lightning_noiseprobe.functional.curves import EMPTY_COUNT_NAMES, METRIC_NAMES, CurveAnalysis
 
 if TYPE_CHECKING:
     from lightning_noiseprobe.probe.probeset import ProbeSet
@@ -35,6 +35,9 @@ SUMMARY_METRICS = (
     "assimilation_mean",
     "recovery_mean",
     "recovery_std",
+    "peak_empty",
+    "assimilation_empty",
+    "recovery_empty",
     "length_pearson",
     "length_spearman",
     "length_slope",
@@ -57,7 +60,10 @@ class ProbeResult:
             (:func:`~lightning_noiseprobe.functional.align.align_deleted`: re-indexed
             for deletions, else ``clean``); pair_valid: ``[N, P, T]`` tokens compared.
         analysis: :class:`CurveAnalysis` of batch shape ``[N, P]``.
-        summary: headline metrics (finite values only).
+        summary: headline metrics (finite values only): means over clips x
+            perturbations, which leave out empty regions, and next to them the
+            number of clips x perturbations whose region was empty
+            (``peak_empty``, ``assimilation_empty``, ``recovery_empty``).
         by_length: ``{group: {length: {metric: {"mean", "std", "n"}}}}``.
     """
 
@@ -104,6 +110,8 @@ class ProbeResult:
             [p.kind == "noise" for _ in probe_set.clips for p in probe_set.perturbations]
         )
         summary = summarize(flat)
+        # region means skip empty regions (NaN): say how many were skipped
+        summary.update({k: float(v) for k, v in analysis.empty_counts().items()})
         # Fig. 2's length test is about noise injections, not shuffles
         if bool(noise_items.any()):
             corr = summarize({"delta_loss": flat["delta_loss"][noise_items]}, lengths[noise_items])
@@ -265,4 +273,4 @@ class ProbeResult:
 
 assert set(SUMMARY_METRICS) - {"length_pearson", "length_spearman", "length_slope"} <= set(
     METRIC_NAMES
-)
+) | set(EMPTY_COUNT_NAMES)
