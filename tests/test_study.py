@@ -26,7 +26,7 @@ from lightning_noiseprobe.study.stats import (
 # 6 chorales of 3 s: 1 probe, 2 validation, 3 training; probe windows fit in 150 tokens.
 TINY = [
     "--clips", "6", "--probe-clips", "1", "--val-clips", "2", "--clip-seconds", "3",
-    "--batch-size", "2", "--onset", "60", "--lengths", "5,20,60", "--quiet",
+    "--batch-size", "4", "--onset", "60", "--lengths", "5,20,60", "--quiet",
 ]  # fmt: skip
 
 
@@ -108,22 +108,36 @@ def test_overfit_summary_of_hand_made_runs():
 
 
 def _recompute(runs: list[dict], metric: str, levels: list[float]) -> dict:
-    """The summary of one metric computed here, independently of lightning_noiseprobe."""
+    """The summary of one metric computed here, independently of lightning_noiseprobe.
+
+    A probe metric can be missing from an epoch (e.g. no Peak found in any curve of
+    these tiny clips): such runs are left out, as the study does.
+    """
     from scipy import stats
 
-    finals = {lv: [r["final"][metric] for r in runs if r["level"] == lv] for lv in levels}
-    low, high = finals[min(levels)], finals[max(levels)]
-    pooled = math.sqrt(
-        ((len(low) - 1) * statistics.variance(low) + (len(high) - 1) * statistics.variance(high))
-        / (len(low) + len(high) - 2)
-    )
-    rho = stats.spearmanr([r["level"] for r in runs], [r["final"][metric] for r in runs])[0]
-    return {
-        "mean": {lv: statistics.mean(v) for lv, v in finals.items()},
-        "std": {lv: statistics.stdev(v) for lv, v in finals.items()},
-        "effect_size": (statistics.mean(low) - statistics.mean(high)) / pooled,
-        "spearman": None if math.isnan(rho) else float(rho),
+    have = [r for r in runs if metric in r["final"]]
+    finals = {lv: [r["final"][metric] for r in have if r["level"] == lv] for lv in levels}
+    out: dict = {
+        "n": {lv: len(v) for lv, v in finals.items()},
+        "mean": {lv: statistics.mean(v) if v else None for lv, v in finals.items()},
+        "std": {lv: statistics.stdev(v) if len(v) > 1 else None for lv, v in finals.items()},
+        "effect_size": None,
+        "spearman": None,
     }
+    low, high = finals[min(levels)], finals[max(levels)]
+    if low and high and len(low) + len(high) > 2:
+        ss = sum((x - statistics.mean(v)) ** 2 for v in (low, high) for x in v)
+        pooled = math.sqrt(ss / (len(low) + len(high) - 2))
+        if pooled > 0:
+            out["effect_size"] = (statistics.mean(low) - statistics.mean(high)) / pooled
+    xs, ys = [r["level"] for r in have], [r["final"][metric] for r in have]
+    if len(xs) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
+        out["spearman"] = float(stats.spearmanr(xs, ys)[0])
+    return out
+
+
+def _approx(value):
+    return None if value is None else pytest.approx(value, rel=1e-9)
 
 
 def test_contamination_study_via_the_cli(tmp_path, chorales, capsys):
@@ -147,13 +161,13 @@ def test_contamination_study_via_the_cli(tmp_path, chorales, capsys):
     ]
     for run in study["runs"]:
         assert [e["epoch"] for e in run["epochs"]] == [0, 1]
-        for metric in STUDY_METRICS:
+        for metric in ("val_ce", "clean_val_ce", "clean_loss", "delta_loss"):
             assert all(math.isfinite(e[metric]) for e in run["epochs"]), (metric, run)
-            assert run["final"][metric] == run["epochs"][-1][metric]
+        for metric in STUDY_METRICS:
+            assert run["final"].get(metric) == run["epochs"][-1].get(metric)
         # the contaminated clips, by construction: none at p=0, every one at p=1
-        n = 0 if run["level"] == 0 else None
-        assert len(run["contaminated"]["train"]) == (3 if n is None else 0)
-        assert len(run["contaminated"]["val"]) == (2 if n is None else 0)
+        assert len(run["contaminated"]["train"]) == (3 if run["level"] == 1 else 0)
+        assert len(run["contaminated"]["val"]) == (2 if run["level"] == 1 else 0)
         if run["level"] == 0:  # own validation set == clean one: the same loss, two code paths
             assert all(abs(e["val_ce"] - e["clean_val_ce"]) < 1e-4 for e in run["epochs"])
     # every summary number is the one recomputed from the runs
@@ -161,11 +175,12 @@ def test_contamination_study_via_the_cli(tmp_path, chorales, capsys):
         want = _recompute(study["runs"], metric, [0.0, 1.0])
         got = study["summary"][metric]
         for level, key in ((0.0, "0"), (1.0, "1")):
-            assert got["by_level"][key]["mean"] == pytest.approx(want["mean"][level], rel=1e-12)
-            assert got["by_level"][key]["std"] == pytest.approx(want["std"][level], rel=1e-12)
-            assert got["by_level"][key]["n"] == 2
-        assert got["effect_size"] == pytest.approx(want["effect_size"], rel=1e-9)
-        assert got["spearman_with_level"] == pytest.approx(want["spearman"], rel=1e-9)
+            assert got["by_level"][key]["n"] == want["n"][level]
+            assert got["by_level"][key]["mean"] == _approx(want["mean"][level])
+            assert got["by_level"][key]["std"] == _approx(want["std"][level])
+        assert got["effect_size"] == _approx(want["effect_size"])
+        assert got["spearman_with_level"] == _approx(want["spearman"])
+    assert study["summary"]["val_ce"]["by_level"]["0"]["n"] == 2
     # a contaminated clip carries bursts; the probe set is clean and the same for every run
     contaminated = (
         out / "data" / "p1_seed0" / "train" / study["runs"][1]["contaminated"]["train"][0]

@@ -120,7 +120,7 @@ def add_study_parser(sub: Any) -> None:
     p = kinds.add_parser(
         "overfit",
         help="train a small subset past its best val CE; compare the epochs each monitor keeps",
-        description="Fine-tune on a few chorales until validation CE turns up; report the epoch that"
+        description="Fine-tune on a few whole chorale clips until validation CE turns up; report the epoch that"
         " val/ce (min), peak_sharpness (max) and delta_loss (max) would keep, per seed; write"
         " DIR/overfit.json, a figure and a table.",
     )
