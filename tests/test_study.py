@@ -253,3 +253,42 @@ def test_bad_settings_exit_2_naming_the_flag_and_write_nothing(tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 2 and "--onset" in err and "--clip-seconds" in err
     assert not out.exists()
+
+
+def test_clean_validation_leaves_training_unchanged(tmp_path, chorales):
+    """The extra clean-set evaluation runs under no_grad with isolated RNGs: the same seed
+    trains to the same numbers with and without it."""
+    from lightning_noiseprobe.study.data import prepare_clean_splits, write_contaminated
+    from lightning_noiseprobe.study.training import RunSettings, quiet_lightning, train_run
+
+    clean = prepare_clean_splits(
+        chorales, num_clips=6, probe_clips=1, val_clips=2, clip_seconds=3.0, batch_size=4
+    )
+    write_contaminated(tmp_path / "p1", clean, level=1.0, seed=0, bursts=3)
+    settings = RunSettings(
+        batch_size=2, clip_seconds=3.0, segment_seconds=3.0, onset=60, lengths=(5, 60)
+    )
+    runs = []
+    with quiet_lightning():
+        for clean_val in (None, clean.val):
+            runs.append(
+                train_run(
+                    train_dir=tmp_path / "p1" / "train",
+                    val_dir=tmp_path / "p1" / "val",
+                    probe_files=clean.probe,
+                    seed=0,
+                    epochs=2,
+                    settings=settings,
+                    cache_dir=tmp_path / "token_cache",
+                    clean_val_files=clean_val,
+                )
+            )
+    without, with_clean = runs
+    timing = {"train_seconds", "probe_seconds", "clean_val_ce"}
+    for a, b in zip(without, with_clean, strict=True):
+        assert "clean_val_ce" not in a and math.isfinite(b["clean_val_ce"])
+        assert {k: v for k, v in a.items() if k not in timing} == {
+            k: v for k, v in b.items() if k not in timing
+        }
+    # the contaminated validation set is not the clean one
+    assert any(abs(b["val_ce"] - b["clean_val_ce"]) > 1e-4 for b in with_clean)

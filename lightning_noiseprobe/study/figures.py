@@ -74,6 +74,8 @@ def metrics_vs_level(study: Mapping[str, Any], metrics: Sequence[str] = STUDY_ME
 
 def metrics_by_epoch(study: Mapping[str, Any], metrics: Sequence[str] = STUDY_METRICS) -> Figure:
     """Each metric per epoch: a thin line per run, coloured by level; the mean over seeds thick."""
+    from matplotlib.ticker import MaxNLocator
+
     runs = study["runs"]
     levels = sorted({float(r["level"]) for r in runs})
     colors = _level_colors(levels)
@@ -99,6 +101,7 @@ def metrics_by_epoch(study: Mapping[str, Any], metrics: Sequence[str] = STUDY_ME
             )
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return fig
@@ -109,6 +112,7 @@ def overfit_curves(
 ) -> Figure:
     """The monitored metrics per epoch, a line per seed, and the epoch each monitor picks (dashed)."""
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     from lightning_noiseprobe.plots import _figure
 
@@ -134,6 +138,7 @@ def overfit_curves(
         ax.set_title(f"{metric} (monitor: {mode})", fontsize=9)
         ax.grid(alpha=0.3)
     axes[-1][0].set_xlabel("epoch")
+    axes[-1][0].xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes[0][0].get_legend_handles_labels()
     for monitor, mode in monitors:
         handles.append(Line2D([], [], color=_MONITOR_COLORS.get(monitor, "gray"), ls="--"))
