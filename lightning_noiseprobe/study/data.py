@@ -94,7 +94,17 @@ def prepare_clean_splits(
         batch_size=batch_size,
         seed=seed,
     )
-    data.prepare_data()
+    if Path(root).exists() and not Path(root).is_dir():
+        raise NoiseProbeError(
+            f"Expected --data-dir to be a folder but '{root}' is a file. Choose another --data-dir."
+        )
+    try:
+        data.prepare_data()
+    except ValueError as err:  # the renderer's argument checks (e.g. more clips than chorales)
+        raise NoiseProbeError(
+            f"Could not render {num_clips} chorales of {clip_seconds:g} s into '{root}' (--clips,"
+            f" --clip-seconds): {err}."
+        ) from err
     splits = data.splits
     if len(splits.val) != val_clips or len(splits.probe) != probe_clips:
         raise NoiseProbeError(  # pragma: no cover - the fractions are exact multiples of 1 / num_clips
