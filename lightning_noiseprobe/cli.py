@@ -10,6 +10,7 @@ Sub-commands (each documented by ``noiseprobe <command> --help``):
 * ``analyze``  detect the Peak / Assimilation / Recovery regions in two per-token loss CSVs;
 * ``probe``    score a model on a noise-injected probe set and write metrics, curves and figures;
 * ``demo``     the whole loop on the embedded tiny model and Bach chorales;
+* ``study``    controlled experiments on the demo's setup (``contamination``, ``overfit``);
 * ``fit`` / ``validate``  LightningCLI for fine-tuning with the callback.
 
 Bad input ends with a one-line ``noiseprobe: error: ...`` message and exit status 2,
@@ -912,6 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=f"LightningCLI {name} (see `noiseprobe {name} --help`)", add_help=False
         )
     _add_demo_parser(sub)
+    from lightning_noiseprobe.study.command import add_study_parser
+
+    add_study_parser(sub)
 
     p = sub.add_parser(
         "inject",

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-__all__ = ["run_demo"]
+__all__ = ["EpochTable", "TrainingRun", "build_training", "chorale_datamodule", "run_demo"]
 
 TABLE_COLUMNS = (
     ("val/ce", "val_ce"),
@@ -32,9 +34,14 @@ TABLE_COLUMNS = (
 
 
 class EpochTable(Callback):
-    """Collects validation and probe metrics per epoch (from ``trainer.callback_metrics``) and timings."""
+    """Collects validation and probe metrics per epoch (from ``trainer.callback_metrics``) and timings.
 
-    def __init__(self) -> None:
+    Args:
+        columns: ``(metric key, short name)`` pairs collected and printed.
+    """
+
+    def __init__(self, columns: Sequence[tuple[str, str]] = TABLE_COLUMNS) -> None:
+        self.columns = tuple(columns)
         self.rows: list[dict[str, float]] = []
         self._epoch_start = 0.0
         self._train_seconds = 0.0
@@ -54,7 +61,7 @@ class EpochTable(Callback):
             "epoch": float(trainer.current_epoch),
             "train_seconds": self._train_seconds,
         }
-        for key, _ in TABLE_COLUMNS:
+        for key, _ in self.columns:
             if key in metrics:
                 row[key] = float(metrics[key])
         for cb in trainer.callbacks:
@@ -64,11 +71,11 @@ class EpochTable(Callback):
         self.rows.append(row)
 
     def format(self) -> str:
-        head = ["epoch", *[short for _, short in TABLE_COLUMNS], "train_s", "probe_s"]
+        head = ["epoch", *[short for _, short in self.columns], "train_s", "probe_s"]
         lines = ["  ".join(f"{h:>10}" for h in head)]
         for row in self.rows:
             cells = [f"{int(row['epoch']):>10d}"]
-            for key, short in TABLE_COLUMNS:
+            for key, short in self.columns:
                 width = max(10, len(short))
                 if key not in row:
                     cells.append(f"{'-':>{width}}")
@@ -80,6 +87,138 @@ class EpochTable(Callback):
             cells.append(f"{row.get('probe_seconds', float('nan')):>10.1f}")
             lines.append("  ".join(cells))
         return "\n".join(lines)
+
+
+@dataclass
+class TrainingRun:
+    """What :func:`build_training` puts together for one fine-tune; call :meth:`fit`."""
+
+    model: Any
+    probe: Any
+    table: EpochTable
+    trainer: Any
+    checkpoint: Any | None
+    logger: Any | None
+
+    def fit(self, datamodule: Any) -> list[dict[str, float]]:
+        """``trainer.fit`` on ``datamodule``; returns the per-epoch rows of :attr:`table`."""
+        self.trainer.fit(self.model, datamodule=datamodule)
+        return self.table.rows
+
+
+def chorale_datamodule(
+    root: str | os.PathLike[str],
+    *,
+    num_clips: int,
+    probe_clips: int,
+    clip_seconds: float,
+    batch_size: int,
+    seed: int,
+    val_clips: int | None = None,
+) -> Any:
+    """The demo's :class:`~lightning_noiseprobe.data.datamodule.ChoraleDataModule` over ``root``.
+
+    ``probe_clips`` chorales are held out for the probe and ``val_clips``
+    (default: 10 % of the clips, at least 2) for validation; training segments
+    are ``min(10, clip_seconds)`` s long.
+    """
+    from lightning_noiseprobe._errors import NoiseProbeError
+    from lightning_noiseprobe.data.datamodule import ChoraleDataModule
+
+    if probe_clips >= num_clips - 2:
+        raise NoiseProbeError(
+            f"Expected argument `probe_clips` to leave clips for training and validation but got {probe_clips} of {num_clips}."
+        )
+    val_fraction = max(0.1, 2 / num_clips) if val_clips is None else val_clips / num_clips
+    return ChoraleDataModule(
+        root=str(root),
+        num_clips=num_clips,
+        clip_seconds=clip_seconds,
+        segment_seconds=min(10.0, clip_seconds),
+        batch_size=batch_size,
+        val_fraction=val_fraction,
+        probe_fraction=probe_clips / num_clips,
+        seed=seed,
+    )
+
+
+def build_training(
+    workdir: str | os.PathLike[str],
+    *,
+    epochs: int,
+    seed: int,
+    lr: float,
+    clip_seconds: float,
+    onset: int,
+    lengths: tuple[int, ...],
+    probe_audio: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    log_audio: bool = True,
+    log_figures: bool = True,
+    checkpoint: bool = True,
+    tensorboard: bool = True,
+    progress_bar: bool = True,
+    callbacks: Sequence[Callback] = (),
+    columns: Sequence[tuple[str, str]] = TABLE_COLUMNS,
+) -> TrainingRun:
+    """The demo's fine-tune of the tiny model with the probe, ready to ``fit``.
+
+    Seeds everything with ``seed``, builds the tiny model (weights seeded with
+    ``seed``), :class:`~lightning_noiseprobe.callback.NoiseProbeCallback` (on
+    ``probe_audio``, else the datamodule's probe split; tokens cached in
+    ``cache_dir``, default ``workdir/token_cache``), optionally a
+    ``ModelCheckpoint`` keeping the sharpest-peak epoch and a TensorBoard
+    logger under ``workdir``, then ``callbacks`` and an :class:`EpochTable`
+    of ``columns``, and a deterministic CPU ``Trainer``.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_noiseprobe.callback import NoiseProbeCallback
+    from lightning_noiseprobe.module import MusicGenLightningModule
+
+    work = Path(workdir)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = MusicGenLightningModule(
+        model="tiny", seed=seed, lr=lr, warmup_steps=10, cfg_dropout=0.3
+    )
+    probe = NoiseProbeCallback(
+        probe_audio=probe_audio,
+        cache_dir=str(cache_dir if cache_dir is not None else work / "token_cache"),
+        batch_size=8,
+        log_audio=log_audio,
+        log_figures=log_figures,
+        onset=onset,
+        lengths=lengths,
+        clip_seconds=clip_seconds,
+    )
+    keep = None
+    if checkpoint:
+        keep = ModelCheckpoint(
+            dirpath=work / "checkpoints",
+            filename="epoch{epoch}-sharpness{noiseprobe/peak_sharpness:.3f}",
+            auto_insert_metric_name=False,
+            monitor="noiseprobe/peak_sharpness",
+            mode="max",
+            save_last=True,
+        )
+    table = EpochTable(columns)
+    logger = TensorBoardLogger(work, name="tensorboard") if tensorboard else None
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger if logger is not None else False,
+        callbacks=[probe, *([keep] if keep is not None else []), *callbacks, table],
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_checkpointing=keep is not None,
+        enable_progress_bar=progress_bar,
+        deterministic=True,
+    )
+    return TrainingRun(model, probe, table, trainer, keep, logger)
 
 
 def run_demo(
@@ -99,71 +238,40 @@ def run_demo(
 
     ``clip_seconds``, ``onset`` and ``lengths`` default to the paper's protocol; tests shrink them.
     """
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from lightning_noiseprobe._errors import NoiseProbeError
-    from lightning_noiseprobe.callback import NoiseProbeCallback
-    from lightning_noiseprobe.data.datamodule import ChoraleDataModule
-    from lightning_noiseprobe.module import MusicGenLightningModule
-
-    if probe_clips >= num_clips - 2:
-        raise NoiseProbeError(
-            f"Expected argument `probe_clips` to leave clips for training and validation but got {probe_clips} of {num_clips}."
-        )
     work = Path(workdir)
+    data = chorale_datamodule(
+        work / "chorales",
+        num_clips=num_clips,
+        probe_clips=probe_clips,
+        clip_seconds=clip_seconds,
+        batch_size=batch_size,
+        seed=seed,
+    )
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(
         f"noiseprobe demo: rendering {num_clips} Bach chorales into {work / 'chorales'} ...",
         flush=True,
     )
-    pl.seed_everything(seed, workers=True, verbose=False)
-    data = ChoraleDataModule(
-        root=str(work / "chorales"),
-        num_clips=num_clips,
-        clip_seconds=clip_seconds,
-        segment_seconds=min(10.0, clip_seconds),
-        batch_size=batch_size,
-        val_fraction=max(0.1, 2 / num_clips),
-        probe_fraction=probe_clips / num_clips,
-        seed=seed,
-    )
     data.prepare_data()
-    model = MusicGenLightningModule(
-        model="tiny", seed=seed, lr=lr, warmup_steps=10, cfg_dropout=0.3
-    )
-    probe = NoiseProbeCallback(
-        cache_dir=str(work / "token_cache"),
-        batch_size=8,
-        log_audio=True,
+    run = build_training(
+        work,
+        epochs=epochs,
+        seed=seed,
+        lr=lr,
+        clip_seconds=clip_seconds,
         onset=onset,
         lengths=lengths,
-        clip_seconds=clip_seconds,
     )
-    checkpoint = ModelCheckpoint(
-        dirpath=work / "checkpoints",
-        filename="epoch{epoch}-sharpness{noiseprobe/peak_sharpness:.3f}",
-        auto_insert_metric_name=False,
-        monitor="noiseprobe/peak_sharpness",
-        mode="max",
-        save_last=True,
+    run.fit(data)
+    model, probe, table, checkpoint, logger = (
+        run.model,
+        run.probe,
+        run.table,
+        run.checkpoint,
+        run.logger,
     )
-    table = EpochTable()
-    logger = TensorBoardLogger(work, name="tensorboard")
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        callbacks=[probe, checkpoint, table],
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        deterministic=True,
-    )
-    trainer.fit(model, datamodule=data)
+    assert checkpoint is not None and logger is not None
     export_dir = model.export(work / "export")
     elapsed = time.perf_counter() - started
 

@@ -1,0 +1,236 @@
+"""``noiseprobe study contamination``: does the probe see contamination that validation loss cannot?
+
+For each contamination level ``p`` and seed, the demo's fine-tune runs on a copy
+of the train and validation chorales in which a fraction ``p`` of the clips
+carry white-noise bursts (:mod:`lightning_noiseprobe.study.data`), probing the
+same held-out clean chorales every epoch, and records per epoch the validation
+CE on its own (contaminated) validation set, the validation CE on the clean
+validation set and the probe's metrics. The ground truth is known by
+construction: ``p`` is how much garbage the model was trained on.
+
+Output in ``out``: ``study.json`` (settings, runs, summary), ``study_vs_level.png``,
+``study_by_epoch.png``, per-run records under ``runs/`` (a rerun with the same
+settings reuses them) and the contaminated copies under ``data/``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.probe.spec import PAPER_LENGTHS
+from lightning_noiseprobe.study.stats import STUDY_METRICS, level_key, summarize_runs
+
+__all__ = ["DEFAULT_LEVELS", "format_study_table", "run_contamination_study"]
+
+DEFAULT_LEVELS = (0.0, 0.25, 0.5, 1.0)
+
+
+def _fmt(value: Any, width: int = 8, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return f"{'n/a':>{width}}"
+    return f"{value:>{width}.{digits}f}"
+
+
+def format_study_table(study: dict[str, Any], metrics: Sequence[str] = STUDY_METRICS) -> str:
+    """The summary as text: per metric, mean +- std over seeds per level, Spearman rho with
+    the level, and the effect size (lowest level vs highest)."""
+    levels = [level_key(lv) for lv in study["levels"]]
+    head = f"{'metric':<18}" + "".join(f"{'p=' + k:>20}" for k in levels)
+    head += f"{'spearman':>10}{'effect d':>10}"
+    lines = [head]
+    for metric in metrics:
+        stats = study["summary"][metric]
+        cells = []
+        for key in levels:
+            entry = stats["by_level"].get(key, {})
+            mean, std = entry.get("mean"), entry.get("std")
+            cell = _fmt(mean, 9) + " +- " + (_fmt(std, 6, 3) if std is not None else f"{'n/a':>6}")
+            cells.append(f"{cell:>20}")
+        lines.append(
+            f"{metric:<18}"
+            + "".join(cells)
+            + _fmt(stats["spearman_with_level"], 10, 3)
+            + _fmt(stats["effect_size"], 10, 2)
+        )
+    return "\n".join(lines)
+
+
+def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(sorted({float(v) for v in levels}))
+    if len(values) < 2 or any(not (math.isfinite(v) and 0.0 <= v <= 1.0) for v in values):
+        raise NoiseProbeError(
+            f"Expected --levels to hold at least two distinct fractions in [0, 1] but got"
+            f" {','.join(f'{v:g}' for v in levels)}."
+        )
+    return values
+
+
+def run_contamination_study(
+    out: str | os.PathLike[str],
+    *,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    seeds: int = 3,
+    epochs: int = 8,
+    bursts: int = 3,
+    num_clips: int = 24,
+    probe_clips: int = 4,
+    val_clips: int = 4,
+    clip_seconds: float = 15.0,
+    batch_size: int = 4,
+    lr: float = 3e-3,
+    onset: int = 250,
+    lengths: Sequence[int] = PAPER_LENGTHS,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the contamination study into ``out``; returns what ``study.json`` holds.
+
+    Seeds are ``0 .. seeds - 1``; a seed fixes the model's weights, the
+    training segments, and which clips get which bursts. The chorales and
+    their split (data seed 0) are the same for every run. Runs whose record
+    in ``out/runs`` was written with the same settings are reused.
+    """
+    from lightning_noiseprobe._io import atomic_write_json
+    from lightning_noiseprobe.study import figures
+    from lightning_noiseprobe.study._common import (
+        check_out_dir,
+        check_positive_ints,
+        check_positive_numbers,
+        check_probe_window,
+        machine_info,
+        progress_bars,
+        reusable_record,
+    )
+    from lightning_noiseprobe.study.data import prepare_clean_splits, write_contaminated
+    from lightning_noiseprobe.study.training import RunSettings, quiet_lightning, train_run
+
+    level_values = _check_levels(levels)
+    check_positive_ints(seeds=seeds, epochs=epochs, bursts=bursts)
+    check_positive_numbers(lr=lr, clip_seconds=clip_seconds)
+    check_probe_window(onset, lengths, clip_seconds)
+    out = check_out_dir(out)
+    chorales = Path(data_dir) if data_dir is not None else out / "chorales"
+    started = time.perf_counter()
+    print(
+        f"noiseprobe study contamination: {len(level_values)} levels x {seeds} seeds x {epochs} epochs"
+        f" ({len(level_values) * seeds} runs); rendering {num_clips} Bach chorales into {chorales} ...",
+        flush=True,
+    )
+    clean = prepare_clean_splits(
+        chorales,
+        num_clips=num_clips,
+        probe_clips=probe_clips,
+        val_clips=val_clips,
+        clip_seconds=clip_seconds,
+        batch_size=batch_size,
+    )
+    settings = RunSettings(
+        lr=lr,
+        batch_size=batch_size,
+        clip_seconds=clip_seconds,
+        segment_seconds=clean.segment_seconds,
+        onset=onset,
+        lengths=tuple(lengths),
+    )
+    config: dict[str, Any] = {
+        "epochs": epochs,
+        "bursts": bursts,
+        "num_clips": num_clips,
+        "clips": {"train": len(clean.train), "val": len(clean.val), "probe": len(clean.probe)},
+        "probe_files": [Path(p).name for p in clean.probe],
+        "clean_val_files": [Path(p).name for p in clean.val],
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
+    }
+    grid = [(level, seed) for seed in range(seeds) for level in level_values]
+    runs: list[dict[str, Any]] = []
+    reused = 0
+    bar, epoch_bar = progress_bars(len(grid), epochs, progress)
+    try:
+        with quiet_lightning():
+            for level, seed in grid:
+                name = f"p{level_key(level)}_seed{seed}"
+                bar.set_postfix_str(f"p={level_key(level)} seed={seed}")
+                record_path = out / "runs" / f"{name}.json"
+                record = reusable_record(record_path, config, level, seed)
+                if record is None:
+                    folder = out / "data" / (name if level > 0 else "p0")
+                    contamination = write_contaminated(
+                        folder, clean, level=level, seed=seed, bursts=bursts
+                    )
+                    epoch_bar.reset()
+                    run_started = time.perf_counter()
+                    epochs_rec = train_run(
+                        train_dir=folder / "train",
+                        val_dir=folder / "val",
+                        probe_files=clean.probe,
+                        seed=seed,
+                        epochs=epochs,
+                        settings=settings,
+                        cache_dir=out / "token_cache",
+                        clean_val_files=clean.val,
+                        on_epoch=lambda _e: epoch_bar.update(1),
+                    )
+                    record = {
+                        "level": level,
+                        "seed": seed,
+                        "contaminated": {
+                            split: sorted(clips)
+                            for split, clips in contamination["contaminated"].items()
+                        },
+                        "seconds": round(time.perf_counter() - run_started, 2),
+                        "epochs": epochs_rec,
+                        "final": _final(epochs_rec),
+                        "config": config,
+                    }
+                    atomic_write_json(record_path, record)
+                else:
+                    reused += 1
+                runs.append({k: v for k, v in record.items() if k != "config"})
+                bar.update(1)
+    finally:
+        epoch_bar.close()
+        bar.close()
+    study = {
+        "levels": list(level_values),
+        "seeds": list(range(seeds)),
+        "config": config,
+        "machine": machine_info(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "reused_runs": reused,
+        "runs": runs,
+        "summary": summarize_runs(runs),
+    }
+    atomic_write_json(out / "study.json", study)
+    written = [out / "study.json"]
+    for filename, draw in (
+        ("study_vs_level.png", figures.metrics_vs_level),
+        ("study_by_epoch.png", figures.metrics_by_epoch),
+    ):
+        figures.save_figure(draw(study), out / filename)
+        written.append(out / filename)
+    print()
+    print(
+        f"noiseprobe study contamination: {len(runs)} runs ({reused} reused) in {study['seconds']:.0f} s;"
+        f" {config['clips']['train']} train / {config['clips']['val']} val clips per run, a fraction p with"
+        f" {bursts} white-noise bursts; probe: {len(clean.probe)} clean held-out chorales."
+    )
+    print(
+        "final epoch, mean +- std over seeds; effect d = (mean at lowest p - mean at highest p) / pooled std"
+    )
+    print(format_study_table(study))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return study
+
+
+def _final(epochs: list[dict[str, Any]]) -> dict[str, float]:
+    if not epochs:
+        return {}
+    return {
+        k: v for k, v in epochs[-1].items() if k not in ("epoch", "train_seconds", "probe_seconds")
+    }
