@@ -25,9 +25,11 @@ SPEC = ProbeSpec(onset=60, lengths=(5, 20, 60), clip_seconds=4.0)
 # The bounds leave 2.5x or more headroom.
 BOUNDS = {"clean_loss": 0.03, "delta_loss": 0.02, "peak_mean": 0.1, "peak_height": 0.1}
 # bf16-true (bf16 weights and residual stream) moves them much more, measured in a real
-# Trainer against fp32 scoring of the same weights: clean_loss 0.032, delta_loss 0.0065,
-# peak_mean 0.40, peak_height 0.11 (README, "Precision"). Bounds with 2.5x headroom.
-BF16_TRUE_BOUNDS = {"clean_loss": 0.08, "delta_loss": 0.02, "peak_mean": 1.0, "peak_height": 0.3}
+# Trainer against fp32 scoring of the same weights (nested-noise probe, current default
+# region rule): clean_loss 0.027, delta_loss 0.0087, peak_mean 0.086, peak_height 0.17
+# (README, "Precision"); the earlier pipeline and rule gave peak_mean 0.40, peak_height
+# 0.11-0.44. Bounds with 2.5x headroom over the largest seen.
+BF16_TRUE_BOUNDS = {"clean_loss": 0.08, "delta_loss": 0.025, "peak_mean": 1.0, "peak_height": 1.1}
 
 
 @pytest.fixture(scope="module")
