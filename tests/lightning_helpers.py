@@ -94,8 +94,40 @@ def count_lm_passes(backend) -> list[int]:
     return calls
 
 
-# The spec of the multi-process tests, and what each rank of them checks.
+# The spec of the callback and multi-process tests, and what each rank of them checks.
 SHARDED_SPEC = {"onset": 60, "lengths": (5, 20, 60), "clip_seconds": 4.0}
+
+
+def cpu_trainer(root, callbacks, max_epochs=2, logger=False, **kw) -> pl.Trainer:
+    """A quiet single-CPU Trainer for the callback tests (checkpoints only with a ModelCheckpoint)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    options = {
+        "default_root_dir": root,
+        "max_epochs": max_epochs,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": logger,
+        "callbacks": callbacks,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        "num_sanity_val_steps": 1,
+        "deterministic": True,
+    }
+    return pl.Trainer(**{**options, **kw})
+
+
+def tiny_probe(probe_dir, tmp_path, **kw):
+    """A NoiseProbeCallback on ``probe_dir`` with the tests' short spec (``kw`` overrides it)."""
+    from lightning_noiseprobe.callback import NoiseProbeCallback
+
+    return NoiseProbeCallback(
+        probe_audio=probe_dir,
+        cache_dir=tmp_path / "cache",
+        batch_size=4,
+        **{**SHARDED_SPEC, **kw},
+    )
 
 
 def assert_ranks_agree(ranks: list[dict], passes: list[int] | None = None) -> None:

@@ -12,6 +12,8 @@ from audio_fixtures import write_audio
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_helpers import ProtocolModule
+from lightning_helpers import cpu_trainer as _trainer
+from lightning_helpers import tiny_probe as _probe
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.callback import NoiseProbeCallback
@@ -25,29 +27,6 @@ def probe_dir(tmp_path_factory):
     write_audio(d / "a.wav", 32000, 1, seconds=4.2)
     write_audio(d / "b.flac", 48000, 2, seconds=4.2)
     return d
-
-
-def _trainer(tmp_path, callbacks, max_epochs=2, logger=False, **kw):
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        num_sanity_val_steps=1,
-        deterministic=True,
-        **kw,
-    )
-
-
-def _probe(probe_dir, tmp_path, **kw):
-    return NoiseProbeCallback(
-        probe_audio=probe_dir, cache_dir=tmp_path / "cache", batch_size=4, **PROBE, **kw
-    )
 
 
 def test_training_is_bitwise_identical_with_and_without_probe(probe_dir, tmp_path):

@@ -12,7 +12,8 @@ import torch
 from audio_fixtures import write_audio
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning_helpers import ProtocolModule, make_protocol_module
+from lightning_helpers import ProtocolModule, cpu_trainer, make_protocol_module
+from lightning_helpers import tiny_probe as _probe
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.callback import NoiseProbeCallback
@@ -29,26 +30,8 @@ def probe_dir(tmp_path_factory):
     return d
 
 
-def _probe(probe_dir, tmp_path, **kw):
-    return NoiseProbeCallback(
-        probe_audio=probe_dir, cache_dir=tmp_path / "cache", batch_size=4, **{**PROBE, **kw}
-    )
-
-
-def _trainer(tmp_path, callbacks, max_epochs=2, logger=False, **kw):
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        num_sanity_val_steps=0,
-        **kw,
-    )
+def _trainer(tmp_path, callbacks, **kw):
+    return cpu_trainer(tmp_path, callbacks, num_sanity_val_steps=0, **kw)
 
 
 def _fail_at(monkeypatch, epochs: set[int], trainer_ref: list) -> None:
