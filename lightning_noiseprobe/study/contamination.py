@@ -99,36 +99,30 @@ def run_contamination_study(
     from lightning_noiseprobe._io import atomic_write_json
     from lightning_noiseprobe.study import figures
     from lightning_noiseprobe.study._common import (
-        check_out_dir,
         check_positive_ints,
-        check_positive_numbers,
-        check_probe_window,
         machine_info,
         progress_bars,
         reusable_record,
     )
-    from lightning_noiseprobe.study.data import prepare_clean_splits, write_contaminated
+    from lightning_noiseprobe.study.data import start_study, write_contaminated
     from lightning_noiseprobe.study.training import RunSettings, quiet_lightning, train_run
 
     level_values = _check_levels(levels)
     check_positive_ints(seeds=seeds, epochs=epochs, bursts=bursts)
-    check_positive_numbers(lr=lr, clip_seconds=clip_seconds)
-    check_probe_window(onset, lengths, clip_seconds)
-    out = check_out_dir(out)
-    chorales = Path(data_dir) if data_dir is not None else out / "chorales"
     started = time.perf_counter()
-    print(
-        f"noiseprobe study contamination: {len(level_values)} levels x {seeds} seeds x {epochs} epochs"
-        f" ({len(level_values) * seeds} runs); rendering {num_clips} Bach chorales into {chorales} ...",
-        flush=True,
-    )
-    clean = prepare_clean_splits(
-        chorales,
+    out, clean = start_study(
+        "contamination",
+        f"{len(level_values)} levels x {seeds} seeds x {epochs} epochs ({len(level_values) * seeds} runs)",
+        out=out,
+        data_dir=data_dir,
         num_clips=num_clips,
         probe_clips=probe_clips,
         val_clips=val_clips,
         clip_seconds=clip_seconds,
         batch_size=batch_size,
+        lr=lr,
+        onset=onset,
+        lengths=lengths,
     )
     settings = RunSettings(
         lr=lr,

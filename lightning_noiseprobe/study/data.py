@@ -120,6 +120,49 @@ def prepare_clean_splits(
     )
 
 
+def start_study(
+    name: str,
+    plan: str,
+    *,
+    out: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None,
+    num_clips: int,
+    probe_clips: int,
+    val_clips: int,
+    clip_seconds: float,
+    batch_size: int,
+    lr: float,
+    onset: int,
+    lengths: Sequence[int],
+) -> tuple[Path, CleanSplits]:
+    """What both studies do first: check the shared settings and the output folder, say
+    what will run, and render (or reuse) the clean chorale splits (``DIR/chorales`` unless
+    ``data_dir``). Returns the output folder and the splits."""
+    from lightning_noiseprobe.study._common import (
+        check_out_dir,
+        check_positive_numbers,
+        check_probe_window,
+    )
+
+    check_positive_numbers(lr=lr, clip_seconds=clip_seconds)
+    check_probe_window(onset, lengths, clip_seconds)
+    folder = check_out_dir(out)
+    chorales = Path(data_dir) if data_dir is not None else folder / "chorales"
+    print(
+        f"noiseprobe study {name}: {plan}; rendering {num_clips} Bach chorales into {chorales} ...",
+        flush=True,
+    )
+    clean = prepare_clean_splits(
+        chorales,
+        num_clips=num_clips,
+        probe_clips=probe_clips,
+        val_clips=val_clips,
+        clip_seconds=clip_seconds,
+        batch_size=batch_size,
+    )
+    return folder, clean
+
+
 def contaminated_names(names: Sequence[str], level: float, seed: int, split: str) -> list[str]:
     """The ``round(level * n)`` names (half up) of ``names`` that get bursts, in a nested, seeded order.
 

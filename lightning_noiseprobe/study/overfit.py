@@ -103,35 +103,29 @@ def run_overfit_study(
     from lightning_noiseprobe._io import atomic_write_json
     from lightning_noiseprobe.study import figures
     from lightning_noiseprobe.study._common import (
-        check_out_dir,
         check_positive_ints,
-        check_positive_numbers,
-        check_probe_window,
         machine_info,
         progress_bars,
         reusable_record,
     )
-    from lightning_noiseprobe.study.data import prepare_clean_splits, write_contaminated
+    from lightning_noiseprobe.study.data import start_study, write_contaminated
     from lightning_noiseprobe.study.training import RunSettings, quiet_lightning, train_run
 
     check_positive_ints(seeds=seeds, epochs=epochs, patience=patience, train_clips=train_clips)
-    check_positive_numbers(lr=lr, clip_seconds=clip_seconds)
-    check_probe_window(onset, lengths, clip_seconds)
-    out = check_out_dir(out)
-    chorales = Path(data_dir) if data_dir is not None else out / "chorales"
     started = time.perf_counter()
-    print(
-        f"noiseprobe study overfit: {seeds} seeds x up to {epochs} epochs on {train_clips} training"
-        f" chorales; rendering {num_clips} Bach chorales into {chorales} ...",
-        flush=True,
-    )
-    clean = prepare_clean_splits(
-        chorales,
+    out, clean = start_study(
+        "overfit",
+        f"{seeds} seeds x up to {epochs} epochs on {train_clips} training chorales",
+        out=out,
+        data_dir=data_dir,
         num_clips=num_clips,
         probe_clips=probe_clips,
         val_clips=val_clips,
         clip_seconds=clip_seconds,
         batch_size=batch_size,
+        lr=lr,
+        onset=onset,
+        lengths=lengths,
     )
     if train_clips > len(clean.train):
         raise NoiseProbeError(
