@@ -8,12 +8,11 @@ import json
 import subprocess
 import sys
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 from audio_fixtures import write_audio
-from lightning_helpers import ProtocolModule
+from lightning_helpers import ProtocolModule, cpu_trainer
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe._hashing import hash_json
@@ -310,17 +309,7 @@ def test_callback_with_authors_regions_in_trainer_fit(clip_dir, tmp_path):
         batch_size=4,
         log_figures=False,
     )
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[probe],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = cpu_trainer(tmp_path, [probe], max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(ProtocolModule())
     result = probe.last_result
     assert result is not None and result.spec["regions"] == "authors"

@@ -9,13 +9,12 @@ import math
 import subprocess
 import sys
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from audio_fixtures import synth_music, write_audio
-from lightning_helpers import ProtocolModule
+from lightning_helpers import ProtocolModule, cpu_trainer
 
 from lightning_noiseprobe import NoiseProbeCallback
 from lightning_noiseprobe._errors import NoiseProbeError
@@ -446,17 +445,7 @@ def test_callback_with_token_deletion_in_trainer_fit(clip_dir, tmp_path):
         batch_size=4,
         log_figures=False,
     )
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[probe],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = cpu_trainer(tmp_path, [probe], max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(ProtocolModule())
     result = probe.last_result
     assert result is not None and [p.kind for p in result.perturbations] == ["noise", "delete"]
