@@ -89,6 +89,8 @@ class PeakShape(Metric):
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
+    #: the injection length of every curve (a ``"cat"`` state: a list until synced)
+    length: list[torch.Tensor] | torch.Tensor
 
     def __init__(
         self,
@@ -232,6 +234,7 @@ class PeakShape(Metric):
         for name, value in analysis.metrics().items():
             getattr(self, name).append(value.detach().reshape(-1).to(self.device, self.dtype))
         lengths = torch.as_tensor(length, device=clean.device).expand(batch).reshape(-1)
+        assert isinstance(self.length, list)  # a tensor only between sync and unsync
         self.length.append(lengths.to(self.device, self.dtype))
         for name, count in analysis.empty_counts().items():
             setattr(self, name, getattr(self, name) + count)

@@ -155,18 +155,21 @@ def test_many_updates_equal_one_and_reset_starts_over(probe):
     )
 
 
-@pytest.mark.parametrize("rule", RULES)
-def test_two_gloo_processes_equal_one(probe, rule, tmp_path):
+def test_two_gloo_processes_equal_one(probe, tmp_path):
+    """Both region rules in one 2-process run (its start-up is most of the time)."""
     ps, _, _, results = probe
-    inputs = curve_inputs(ps, results[rule])
-    torch.save({**inputs, "regions": rule}, tmp_path / "curves.pt")
-    single = PeakShape(regions=rule)
-    single.update(**inputs)
-    want = {k: float(v) for k, v in single.compute().items()}
+    files, wants, inputs = [], [], {}
+    for rule in RULES:
+        inputs[rule] = curve_inputs(ps, results[rule])
+        torch.save({**inputs[rule], "regions": rule}, tmp_path / f"{rule}.pt")
+        files.append(str(tmp_path / f"{rule}.pt"))
+        single = PeakShape(regions=rule)
+        single.update(**inputs[rule])
+        wants.append({k: float(v) for k, v in single.compute().items()})
     script = Path(__file__).parent / "metric_ddp_script.py"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "curves.pt"), str(tmp_path)],
+        [sys.executable, str(script), str(tmp_path), *files],
         env=env,
         capture_output=True,
         text=True,
@@ -175,11 +178,14 @@ def test_two_gloo_processes_equal_one(probe, rule, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
-    assert [r["clips"] for r in ranks] == [[0, 2], [1]]  # uneven shares
-    for r in ranks:
-        assert_same_summary(r["sharded"], want)
-        assert_same_summary(r["one_sided"], want)  # rank 1 saw no curve
-        assert torch.equal(torch.tensor(r["gathered_clean"]), inputs["clean"])
+    for rule, want, got in zip(
+        RULES, wants, zip(*(r["files"] for r in ranks), strict=True), strict=True
+    ):
+        assert [g["clips"] for g in got] == [[0, 2], [1]]  # uneven shares
+        for g in got:
+            assert_same_summary(g["sharded"], want)
+            assert_same_summary(g["one_sided"], want)  # rank 1 saw no curve
+            assert torch.equal(torch.tensor(g["gathered_clean"]), inputs[rule]["clean"]), rule
 
 
 def test_gather_clips_in_one_process():
@@ -324,3 +330,17 @@ def test_bad_settings_and_non_finite_losses():
         PeakShape(per_codebook=True).update(losses, bad, 60, 5)
     with pytest.raises(NoiseProbeError, match=r"at least 51 tokens .* got 40"):
         PeakShape(regions="authors").update(losses[:, 0], losses[:, 0], 40, 5)
+
+
+def test_readme_snippet_runs_and_prints_what_it_says(tmp_path):
+    """README, "Use the metric in your own loop": the snippet, run as a user would."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Use the metric in your own loop", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    printed = section.split("prints `", 1)[1].split("`", 1)[0]
+    (tmp_path / "snippet.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "snippet.py")], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == printed
