@@ -250,8 +250,9 @@ class PeakShape(Metric):
         if all(isinstance(v, list) and not v for v in rows.values()):
             summary: dict[str, float] = {}
         else:
-            items = {name: dim_zero_cat(v) for name, v in rows.items()}
-            summary = summarize(items, dim_zero_cat(self.length))
+            # summarize's correlations go through numpy: the rows (a few floats per curve) on the CPU
+            items = {name: dim_zero_cat(v).cpu() for name, v in rows.items()}
+            summary = summarize(items, dim_zero_cat(self.length).cpu())
         summary.update({name: float(getattr(self, name)) for name in EMPTY_COUNT_NAMES})
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in summary.items()}
 
