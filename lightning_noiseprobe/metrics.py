@@ -213,6 +213,14 @@ class PeakShape(Metric):
                     f"Expected argument `{name}` to be an int or a tensor broadcastable to the batch"
                     f" shape {tuple(batch)} but got shape {shape}."
                 )
+        for name, codes in (("clean_codes", clean_codes), ("perturbed_codes", perturbed_codes)):
+            if codes is not None and (
+                codes.ndim < 2 or codes.shape[:-2] + codes.shape[-1:] != clean.shape
+            ):
+                raise NoiseProbeError(
+                    f"Expected argument `{name}` of shape [..., K, T] with [..., T] = {tuple(clean.shape)}"
+                    f" (the curves') but got {_shape(codes)}."
+                )
         analysis = analyze_curves(
             clean,
             perturbed,

@@ -300,6 +300,12 @@ def test_in_a_lightning_validation_loop_with_early_stopping(probe, tmp_path):
         ),
         (lambda m, c: m.update(c, c, 60, torch.ones(2, 2)), r"`length` .* \(2, 2\)"),
         (
+            lambda m, c: m.update(
+                c, c, 60, 5, clean_codes=torch.zeros(3, 4, 200), perturbed_codes=None
+            ),
+            r"`clean_codes` .* \(2, 200\) .* \(3, 4, 200\)",
+        ),
+        (
             lambda m, c: PeakShape(per_codebook=True).update(c[0], c[0], 60, 5),
             r"`clean` of shape \[\.\.\., K, T\]",
         ),
