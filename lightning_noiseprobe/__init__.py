@@ -30,6 +30,7 @@ _EXPORTS = {
     "inject_noise": "lightning_noiseprobe.perturbations.inject",
     "shuffle_segments": "lightning_noiseprobe.perturbations.shuffle",
     "NoiseProbeError": "lightning_noiseprobe._errors",
+    "PeakShape": "lightning_noiseprobe.metrics",
 }
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "MusicGenLightningModule",
     "NoiseProbeCallback",
     "NoiseProbeError",
+    "PeakShape",
     "ProbeResult",
     "ProbeSpec",
     "__version__",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from lightning_noiseprobe.callback import NoiseProbeCallback
     from lightning_noiseprobe.data.datamodule import AudioFolderDataModule, ChoraleDataModule
     from lightning_noiseprobe.functional.curves import analyze_curves
+    from lightning_noiseprobe.metrics import PeakShape
     from lightning_noiseprobe.module import MusicGenLightningModule
     from lightning_noiseprobe.perturbations.inject import inject_noise
     from lightning_noiseprobe.perturbations.shuffle import shuffle_segments
