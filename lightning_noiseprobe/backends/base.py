@@ -36,7 +36,13 @@ class ProbeBackend(ABC):
     happens in :meth:`load`, which returns ``self`` so that
     ``get_backend("audiocraft", model="tiny").load()`` reads naturally.
 
-    Subclasses set :attr:`name` and implement the abstract members.
+    Subclasses set :attr:`name` and implement the abstract members. Those that
+    can be fine-tuned by :class:`~lightning_noiseprobe.module.MusicGenLightningModule`
+    also implement the training contract (see :attr:`supports_training`); the
+    module has no backend-specific code. A backend may also offer a
+    ``from_model`` classmethod wrapping a model already in memory without
+    copying it (:meth:`AudiocraftBackend.from_model
+    <lightning_noiseprobe.backends.audiocraft.AudiocraftBackend.from_model>`).
     """
 
     #: Registry name, e.g. ``"audiocraft"``.
