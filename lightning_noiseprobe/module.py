@@ -29,9 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_noiseprobe._errors import NoiseProbeError
-from lightning_noiseprobe.backends.audiocraft import AudiocraftBackend
 from lightning_noiseprobe.backends.base import get_backend
-from lightning_noiseprobe.backends.transformers import TransformersBackend
 from lightning_noiseprobe.functional.losses import codebook_cross_entropy, token_nll_from_logits
 
 if TYPE_CHECKING:
@@ -178,90 +176,35 @@ class MusicGenLightningModule(pl.LightningModule):
             seed=seed,
             tiny_config=tiny_config,
         ).load()
-        if not isinstance(probe_backend, (AudiocraftBackend, TransformersBackend)):
+        if not probe_backend.supports_training:
             raise NoiseProbeError(
                 f"Expected argument `backend` to name a backend that can be fine-tuned "
-                f"('audiocraft' or 'transformers') but got {backend!r} "
-                f"({type(probe_backend).__name__})."
+                f"(one with `supports_training`, such as 'audiocraft' or 'transformers') but got "
+                f"{backend!r} ({type(probe_backend).__name__})."
             )
-        self._backend: Any = probe_backend  # backend-specific extras (musicgen, save) are used too
+        self._backend: ProbeBackend = probe_backend
         # Same objects as the backend's: the probe measures the model being trained.
         self.lm = probe_backend.lm.float()
         self.codec = probe_backend.codec
-        self.codec.requires_grad_(False)
         # Submodules kept frozen, in eval mode and in float32 whatever the module does.
-        self._frozen_parts: tuple[str, ...] = ("codec",)
-        if isinstance(probe_backend, TransformersBackend):
-            self._frozen_parts += ("lm.text_encoder",)
-            self.lm.text_encoder.requires_grad_(False)
-
+        self._frozen_parts: tuple[str, ...] = (
+            "codec",
+            *(f"lm.{name}" for name in probe_backend.frozen_lm_parts()),
+        )
         if gradient_checkpointing:
-            self._enable_gradient_checkpointing()
-
-        self._freeze(list(freeze or []))
+            probe_backend.enable_gradient_checkpointing()
+        probe_backend.prepare_for_training(list(freeze or []))
         self._cfg_rng = torch.Generator().manual_seed(seed)
         self._backend_device = torch.device("cpu")
         self.train()  # the LM trains, the codec stays in eval (see `train`)
-
-    # -- construction helpers -------------------------------------------------
-    def _enable_gradient_checkpointing(self) -> None:
-        if isinstance(self._backend, TransformersBackend):
-            decoder: Any = self.lm.decoder
-            # Non-reentrant: no inputs needing grad required, same numbers as without.
-            decoder.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-            return
-        transformer = getattr(self.lm, "transformer", None)
-        if transformer is None or not hasattr(transformer, "checkpointing"):
-            raise NoiseProbeError(
-                "Expected the LM to have audiocraft's `transformer.checkpointing` option "
-                f"for `gradient_checkpointing=True` but {type(self.lm).__name__} has none."
-            )
-        transformer.checkpointing = "torch"  # read at every forward (`_apply_layer`)
-
-    def _freezable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """The parameters that ``freeze`` names, by the names it uses.
-
-        audiocraft: all of ``lm``. transformers: ``lm.decoder``'s names, plus
-        ``enc_to_dec_proj.*`` (the frozen T5 and codec are not named).
-        """
-        if isinstance(self._backend, TransformersBackend):
-            lm: Any = self.lm  # a MusicgenForConditionalGeneration
-            params = dict(lm.decoder.named_parameters())
-            for name, param in lm.enc_to_dec_proj.named_parameters():
-                params[f"enc_to_dec_proj.{name}"] = param
-            return params
-        return dict(self.lm.named_parameters())
-
-    def _freeze(self, prefixes: list[str]) -> None:
-        params = self._freezable_parameters()
-        unknown = []
-        for prefix in prefixes:
-            p = prefix.rstrip(".")
-            hits = [n for n in params if n == p or n.startswith(p + ".")]
-            if not p or not hits:
-                unknown.append(prefix)
-        if unknown:
-            top = sorted({n.split(".")[0] for n in params})
-            example = (
-                "'model.decoder.layers.0'"
-                if isinstance(self._backend, TransformersBackend)
-                else "'transformer.layers.0'"
-            )
-            raise NoiseProbeError(
-                f"Expected argument `freeze` to hold name prefixes of LM parameters (top-level "
-                f"names: {top}; deeper ones like {example}) but got unknown {unknown}."
-            )
-        for name, param in params.items():
-            if any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in prefixes):
-                param.requires_grad_(False)
 
     # -- sharding -------------------------------------------------------------
     @override
     def configure_model(self) -> None:
         """Shard the LM with FSDP2 under ``ModelParallelStrategy(tensor_parallel_size=1)``.
 
+        The backend names the groups, in order (:meth:`ProbeBackend.fsdp_units
+        <lightning_noiseprobe.backends.base.ProbeBackend.fsdp_units>`).
         audiocraft: each transformer layer becomes its own group, then the LM
         takes the rest (embeddings, output heads, condition provider).
         transformers: each decoder layer, then the decoder, and the text
@@ -289,19 +232,8 @@ class MusicGenLightningModule(pl.LightningModule):
                 " Pass ModelParallelStrategy(data_parallel_size=<devices>, tensor_parallel_size=1)."
             )
         dp = mesh["data_parallel"]
-        lm: Any = self.lm
-        if isinstance(self._backend, TransformersBackend):
-            # Only the parts that train: the decoder (its layers, then the rest) and the
-            # text projection, each called through its own forward. The frozen T5 and
-            # codec inside `lm` stay whole on every rank.
-            for layer in lm.decoder.model.decoder.layers:
-                fully_shard(layer, mesh=dp)
-            fully_shard(lm.decoder, mesh=dp)
-            fully_shard(lm.enc_to_dec_proj, mesh=dp)
-            return
-        for layer in lm.transformer.layers:
-            fully_shard(layer, mesh=dp)
-        fully_shard(lm, mesh=dp)
+        for unit in self._backend.fsdp_units():
+            fully_shard(unit, mesh=dp)
 
     # -- the probe protocol ---------------------------------------------------
     @property
@@ -317,15 +249,15 @@ class MusicGenLightningModule(pl.LightningModule):
         checked here.
         """
         self._sync_backend_device()
-        return self._backend  # type: ignore[no-any-return]
+        return self._backend
 
     def _sync_backend_device(self) -> None:
         backend = self.__dict__.get("_backend")
-        if not isinstance(backend, AudiocraftBackend):
-            return  # nothing loaded yet, or a backend whose device follows `lm` by itself
+        if backend is None:
+            return  # nothing loaded yet
         device = next(self.lm.parameters()).device
         if self.__dict__.get("_backend_device") != device:
-            _move_backend(backend, device)
+            backend.to(device)  # what the backend caches beside the weights follows them
             self._backend_device = device
 
     @override
@@ -509,7 +441,8 @@ class MusicGenLightningModule(pl.LightningModule):
 
         ``get_backend(backend, model=folder)`` loads the result, with the same
         per-token NLL. Call it on one process only (e.g. under
-        ``trainer.is_global_zero``).
+        ``trainer.is_global_zero``). The backend writes it
+        (:meth:`ProbeBackend.export <lightning_noiseprobe.backends.base.ProbeBackend.export>`):
 
         * audiocraft: audiocraft's export format (``state_dict.bin``,
           ``compression_state_dict.bin``), which
@@ -533,12 +466,10 @@ class MusicGenLightningModule(pl.LightningModule):
             The folder, as a :class:`~pathlib.Path`.
 
         Raises:
-            NoiseProbeError: (transformers) if ``folder`` exists and holds
-                something other than an earlier save.
+            NoiseProbeError: if the LM is sharded (FSDP2); (transformers) if
+                ``folder`` exists and holds something other than an earlier save.
         """
-        from lightning_noiseprobe._io import atomic_dir
         from lightning_noiseprobe._sharding import fsdp2_modules
-        from lightning_noiseprobe.backends.audiocraft import EXPORT_FILES, save_audiocraft_export
 
         if fsdp2_modules(self.lm):
             raise NoiseProbeError(
@@ -546,49 +477,7 @@ class MusicGenLightningModule(pl.LightningModule):
                 " each rank holds a shard. Load the trained weights into MusicGenLightningModule in one process"
                 " (e.g. from a checkpoint saved with save_distributed_checkpoint=False) and export there."
             )
-        folder = Path(folder)
-        backend = self._backend
-        if isinstance(backend, TransformersBackend):
-            return backend.save(folder)
-        codec_file = getattr(backend, "codec_source", None)
-        with atomic_dir(folder, owned=EXPORT_FILES) as tmp:
-            save_audiocraft_export(backend.musicgen, tmp, codec_file=codec_file)
-        return folder
-
-
-def _move_backend(backend: Any, device: torch.device) -> None:
-    """Point a loaded audiocraft backend at ``device``.
-
-    The LM and codec are moved by the module; this updates what audiocraft and
-    the backend cache beside them: the backend's and ``MusicGen``'s ``device``
-    (and ``MusicGen``'s autocast, as audiocraft sets it), the condition
-    provider's and each conditioner's ``device``, and models that
-    conditioners keep outside the module tree (a frozen T5 encoder, demucs).
-    """
-    from audiocraft.utils.autocast import TorchAutocast
-
-    if not isinstance(getattr(type(backend), "device", None), property):
-        backend.device = device  # a cached attribute (a property follows the LM by itself)
-    musicgen = backend.musicgen
-    musicgen.device = device
-    if device.type == "cpu" or not torch.amp.is_autocast_available(device.type):
-        musicgen.autocast = TorchAutocast(enabled=False)
-    else:
-        musicgen.autocast = TorchAutocast(
-            enabled=True, device_type=device.type, dtype=torch.float16
-        )
-    provider = musicgen.lm.condition_provider
-    provider.device = device
-    for conditioner in provider.conditioners.values():
-        if hasattr(conditioner, "device"):
-            conditioner.device = device
-        for name, value in list(vars(conditioner).items()):
-            if name.startswith("_"):
-                continue
-            if isinstance(value, torch.nn.Module):  # outside `_modules`: not moved by `.to`
-                value.to(device)
-            elif isinstance(value, torch.Tensor):
-                setattr(conditioner, name, value.to(device))
+        return self._backend.export(folder)
 
 
 def _validate(

@@ -326,3 +326,81 @@ def test_import_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_registry_is_lazy_and_takes_third_party_backends() -> None:
+    import subprocess
+    import sys
+
+    # naming the backends imports none of them; get_backend imports the one asked for
+    code = (
+        "import sys; from lightning_noiseprobe.backends import available_backends, get_backend;"
+        "names = available_backends();"
+        "before = 'lightning_noiseprobe.backends.audiocraft' in sys.modules;"
+        "get_backend('transformers');"
+        "print(names, before, 'lightning_noiseprobe.backends.audiocraft' in sys.modules,"
+        " 'lightning_noiseprobe.backends.transformers' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['audiocraft', 'transformers'] False False True False"
+
+    from lightning_noiseprobe.backends import base, register_backend
+
+    @register_backend("test-mine")
+    class Mine(AudiocraftBackend):
+        pass
+
+    try:
+        assert "test-mine" in available_backends()
+        assert type(get_backend("test-mine", model="tiny")) is Mine
+    finally:
+        del base._REGISTRY["test-mine"]
+    assert "test-mine" not in available_backends()
+
+
+def test_from_model_wraps_a_loaded_musicgen_without_copying_or_changing_it(
+    tiny_backend: AudiocraftBackend, codes: torch.Tensor, tmp_path
+) -> None:
+    musicgen = build_tiny_musicgen(seed=0)  # the weights `tiny_backend` loaded
+    musicgen.lm.train()  # a mode load() would change; from_model must not
+    lm_cfg, codec_cfg = musicgen.lm.cfg, musicgen.compression_model.cfg
+    lm_yaml = str(lm_cfg)
+    grads = [p.requires_grad for p in musicgen.lm.parameters()]
+    codec_grads = [p.requires_grad for p in musicgen.compression_model.parameters()]
+    weights = {id(p) for p in musicgen.lm.parameters()}
+
+    backend = AudiocraftBackend.from_model(musicgen)
+
+    assert backend.musicgen is musicgen and backend.lm is musicgen.lm
+    assert backend.codec is musicgen.compression_model
+    assert {id(p) for p in backend.lm.parameters()} == weights  # nothing copied
+    assert backend.load() is backend and backend.musicgen is musicgen
+    assert musicgen.lm.training and not musicgen.compression_model.training
+    assert musicgen.lm.cfg is lm_cfg and str(lm_cfg) == lm_yaml
+    assert musicgen.compression_model.cfg is codec_cfg
+    assert [p.requires_grad for p in musicgen.lm.parameters()] == grads
+    assert [p.requires_grad for p in musicgen.compression_model.parameters()] == codec_grads
+    assert (backend.device, backend.dtype) == (torch.device("cpu"), torch.float32)
+    assert backend.describe()["source"] == "from_model" and "seed" not in backend.describe()
+
+    descriptions = ["a chorale", None]
+    with torch.no_grad():
+        nll, mask = backend.token_nll(codes, descriptions)
+        ref, ref_mask = tiny_backend.token_nll(codes, descriptions)
+        fast, _ = backend.token_nll_fast(codes, descriptions)
+    assert torch.equal(mask, ref_mask) and torch.equal(nll, ref)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(backend.encode(_noise(1, 20)), tiny_backend.encode(_noise(1, 20)))
+    assert musicgen.lm.training  # scoring left the caller's mode alone
+
+    # its native export loads back to the same model
+    folder = backend.export(tmp_path / "export")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(EXPORT_FILES)
+    with torch.no_grad():
+        again, _ = AudiocraftBackend(model=str(folder)).load().token_nll(codes, descriptions)
+    assert torch.equal(again, ref)
+
+
+def test_from_model_refuses_what_is_not_a_musicgen() -> None:
+    with pytest.raises(NoiseProbeError, match=r"`musicgen` to be an audiocraft MusicGen"):
+        AudiocraftBackend.from_model(torch.nn.Linear(2, 2))  # type: ignore[arg-type]

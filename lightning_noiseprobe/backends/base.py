@@ -11,12 +11,15 @@ codes (no shift: ``nll[b, k, t]`` is ``-log p(codes[b, k, t] | past)``).
 
 from __future__ import annotations
 
-import contextlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from lightning_noiseprobe._errors import NoiseProbeError
 
 __all__ = [
     "ProbeBackend",
@@ -33,7 +36,13 @@ class ProbeBackend(ABC):
     happens in :meth:`load`, which returns ``self`` so that
     ``get_backend("audiocraft", model="tiny").load()`` reads naturally.
 
-    Subclasses set :attr:`name` and implement the abstract members.
+    Subclasses set :attr:`name` and implement the abstract members. Those that
+    can be fine-tuned by :class:`~lightning_noiseprobe.module.MusicGenLightningModule`
+    also implement the training contract (see :attr:`supports_training`); the
+    module has no backend-specific code. A backend may also offer a
+    ``from_model`` classmethod wrapping a model already in memory without
+    copying it (:meth:`AudiocraftBackend.from_model
+    <lightning_noiseprobe.backends.audiocraft.AudiocraftBackend.from_model>`).
     """
 
     #: Registry name, e.g. ``"audiocraft"``.
@@ -219,14 +228,157 @@ class ProbeBackend(ABC):
             "cardinality": self.cardinality,
         }
 
+    # -- training contract (what MusicGenLightningModule needs) ------------------
+    @property
+    def supports_training(self) -> bool:
+        """Whether this backend implements the training contract below (default ``False``).
 
+        :class:`~lightning_noiseprobe.module.MusicGenLightningModule` fine-tunes
+        only such backends. The contract: :meth:`lm_logits` (with gradients),
+        :meth:`prepare_for_training` (with :meth:`frozen_lm_parts` and
+        :meth:`trainable_parameters`), :meth:`enable_gradient_checkpointing`,
+        :meth:`fsdp_units`, :meth:`to` and :meth:`export`.
+        """
+        return False
+
+    #: A deeper name prefix of a trainable parameter, shown when a ``freeze`` prefix is unknown.
+    freeze_example: str = "transformer.layers.0"
+
+    def frozen_lm_parts(self) -> tuple[str, ...]:
+        """Names of submodules of :attr:`lm` that never train (default: none).
+
+        :meth:`prepare_for_training` turns their gradients off; the training
+        module also keeps them in eval mode and float32, as it keeps the codec
+        (e.g. a text encoder held inside the LM).
+        """
+        return ()
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The LM parameters that may train, by the names ``freeze`` prefixes use.
+
+        Default: all of :attr:`lm`, by their names in it.
+        """
+        return dict(self.lm.named_parameters())
+
+    def prepare_for_training(self, freeze: Sequence[str] = ()) -> None:
+        """Turn gradients off for what must not train; leave modes and dtypes alone.
+
+        Freezes (``requires_grad=False``) the codec, the submodules named by
+        :meth:`frozen_lm_parts`, and each of :meth:`trainable_parameters` whose
+        name equals a prefix in ``freeze`` or starts with it plus ``"."``.
+
+        Args:
+            freeze: name prefixes of trainable parameters to freeze.
+
+        Raises:
+            NoiseProbeError: if a prefix matches no trainable parameter
+                (nothing is frozen by ``freeze`` then); the message lists the
+                top-level names.
+        """
+        self.codec.requires_grad_(False)
+        for name in self.frozen_lm_parts():
+            self.lm.get_submodule(name).requires_grad_(False)
+        params = self.trainable_parameters()
+        prefixes = [p.rstrip(".") for p in freeze]
+        unknown = [
+            given
+            for given, p in zip(freeze, prefixes, strict=True)
+            if not p or not any(n == p or n.startswith(p + ".") for n in params)
+        ]
+        if unknown:
+            top = sorted({n.split(".")[0] for n in params})
+            raise NoiseProbeError(
+                f"Expected argument `freeze` to hold name prefixes of LM parameters (top-level "
+                f"names: {top}; deeper ones like {self.freeze_example!r}) but got unknown {unknown}."
+            )
+        for name, param in params.items():
+            if any(name == p or name.startswith(p + ".") for p in prefixes):
+                param.requires_grad_(False)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each transformer layer in the backward pass (same numbers, less memory).
+
+        Raises:
+            NoiseProbeError: by default: the backend cannot.
+        """
+        raise NoiseProbeError(
+            f"Expected a backend that supports gradient checkpointing but "
+            f"{type(self).__name__} does not (it has no `enable_gradient_checkpointing`)."
+        )
+
+    def fsdp_units(self) -> list[torch.nn.Module]:
+        """The modules to shard with FSDP2's ``fully_shard``, in the order to shard them.
+
+        Nested units first (e.g. each transformer layer), then the modules
+        holding the rest of the trainable weights. Frozen parts (codec, text
+        encoder) are not listed: they stay whole on every rank.
+
+        Raises:
+            NoiseProbeError: by default: the backend cannot be sharded.
+        """
+        raise NoiseProbeError(
+            f"Expected a backend that can be sharded with FSDP2 but {type(self).__name__} "
+            "names no modules to shard (it has no `fsdp_units`)."
+        )
+
+    def to(self, device: str | torch.device) -> ProbeBackend:
+        """Put the backend on ``device``: the LM, the codec and whatever it caches beside them.
+
+        Cheap when they are there already (the training module calls it after
+        each move of its weights, to bring the rest along). The default moves
+        :attr:`lm` and :attr:`codec` when their weights are elsewhere.
+
+        Returns:
+            ``self``.
+        """
+        device = torch.device(device)
+        for part in (self.lm, self.codec):
+            param = next(part.parameters(), None)
+            if param is not None and param.device != device:
+                part.to(device)
+        return self
+
+    def export(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the model in the backend's own format, so that loading ``folder`` gives it back.
+
+        A reader never sees a half-written export (written through
+        :func:`lightning_noiseprobe._io.atomic_dir`).
+
+        Returns:
+            The folder, as a :class:`~pathlib.Path`.
+
+        Raises:
+            NoiseProbeError: by default: the backend has no export format.
+        """
+        raise NoiseProbeError(
+            f"Expected a backend with a native export format but {type(self).__name__} has "
+            f"none (it has no `export`); cannot write {str(folder)!r}."
+        )
+
+
+#: The built-in backends: name -> ``"module:Class"``, imported on first use by
+#: :func:`get_backend`, so that importing this module imports no backend.
+_BUILTIN: dict[str, str] = {
+    "audiocraft": "lightning_noiseprobe.backends.audiocraft:AudiocraftBackend",
+    "transformers": "lightning_noiseprobe.backends.transformers:TransformersBackend",
+}
+
+#: Backends added with :func:`register_backend` (they take precedence over built-in names).
 _REGISTRY: dict[str, Callable[..., ProbeBackend]] = {}
 
 
 def register_backend(
     name: str,
 ) -> Callable[[Callable[..., ProbeBackend]], Callable[..., ProbeBackend]]:
-    """Class decorator adding a backend factory to the registry under ``name``."""
+    """Class decorator adding a backend factory to the registry under ``name``.
+
+    Example:
+        >>> @register_backend("mine")
+        ... class MyBackend(ProbeBackend): ...
+        >>> "mine" in available_backends()
+        True
+        >>> del _REGISTRY["mine"]
+    """
 
     def wrap(factory: Callable[..., ProbeBackend]) -> Callable[..., ProbeBackend]:
         _REGISTRY[name] = factory
@@ -235,31 +387,39 @@ def register_backend(
     return wrap
 
 
-def _ensure_builtin_backends() -> None:
-    # Importing the modules registers them; they import their heavy libraries lazily.
-    from lightning_noiseprobe.backends import audiocraft as _audiocraft  # noqa: F401
-
-    with contextlib.suppress(ImportError):
-        from lightning_noiseprobe.backends import transformers as _transformers  # noqa: F401
-
-
 def available_backends() -> list[str]:
-    """Names accepted by :func:`get_backend` (and the CLI's ``--backend``)."""
-    _ensure_builtin_backends()
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`get_backend` (and the CLI's ``--backend``); imports nothing."""
+    return sorted({*_BUILTIN, *_REGISTRY})
+
+
+def _factory(name: str) -> Callable[..., ProbeBackend]:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    import importlib
+
+    module_name, _, attribute = _BUILTIN[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise NoiseProbeError(
+            f"Expected backend {name!r} to be importable from {module_name!r} but importing it "
+            f"failed ({type(err).__name__}: {err}). Reinstall lightning-noiseprobe."
+        ) from err
+    factory: Callable[..., ProbeBackend] = getattr(module, attribute)
+    return factory
 
 
 def get_backend(name: str, **kwargs: Any) -> ProbeBackend:
     """Construct a registered backend (cheap; call ``.load()`` to build weights).
 
-    Raises:
-        ValueError: if ``name`` is not registered; the message lists the choices.
-    """
-    from lightning_noiseprobe._errors import NoiseProbeError
+    Built-in backends are imported here, on first use (they import their heavy
+    library, audiocraft or transformers, only in ``load``).
 
-    _ensure_builtin_backends()
-    if name not in _REGISTRY:
+    Raises:
+        NoiseProbeError: if ``name`` is not registered; the message lists the choices.
+    """
+    if name not in _REGISTRY and name not in _BUILTIN:
         raise NoiseProbeError(
-            f"Expected argument `backend` to be one of {sorted(_REGISTRY)} but got {name!r}."
+            f"Expected argument `backend` to be one of {available_backends()} but got {name!r}."
         )
-    return _REGISTRY[name](**kwargs)
+    return _factory(name)(**kwargs)

@@ -14,13 +14,14 @@ Three sources, picked by ``model``:
   folder has them (without them only unconditional scoring works).
 * a Hugging Face hub id such as ``facebook/musicgen-small``.
 
-transformers is imported only inside functions, so importing this module
-(which registers the backend) stays cheap.
+Its parts: :mod:`.builders` (the tiny model), :mod:`.export` (``save_pretrained``
+folders and the hub), :mod:`.delay` (teacher forcing under the delay
+pattern). transformers is imported only inside functions, so importing this
+module stays cheap.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,249 +30,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
-from lightning_noiseprobe.backends.audiocraft import (
-    TINY_DEFAULTS as _AUDIOCRAFT_TINY,
+from lightning_noiseprobe.backends._common import outside_inference_mode
+from lightning_noiseprobe.backends.base import ProbeBackend
+from lightning_noiseprobe.backends.transformers.builders import (
+    TINY_DEFAULTS,
+    build_tiny_transformers_musicgen,
 )
-from lightning_noiseprobe.backends.audiocraft import (
-    _calibration_audio,
-    _hf_offline,
-    _looks_like_path,
-    _outside_inference_mode,
-)
-from lightning_noiseprobe.backends.base import ProbeBackend, register_backend
+from lightning_noiseprobe.backends.transformers.delay import delayed_lm_logits
+from lightning_noiseprobe.backends.transformers.export import load_pretrained, save_pretrained
 
 if TYPE_CHECKING:
     from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
 
-__all__ = [
-    "TINY_DEFAULTS",
-    "TransformersBackend",
-    "build_tiny_transformers_musicgen",
-    "delayed_lm_logits",
-]
-
-#: Size knobs of the tiny model, accepted by :func:`build_tiny_transformers_musicgen`.
-#: The LM and codec sizes are those of the audiocraft tiny model.
-TINY_DEFAULTS: dict[str, Any] = {
-    "dim": _AUDIOCRAFT_TINY["dim"],  # decoder width
-    "num_heads": _AUDIOCRAFT_TINY["num_heads"],
-    "num_layers": _AUDIOCRAFT_TINY["num_layers"],
-    "n_filters": _AUDIOCRAFT_TINY["n_filters"],  # EnCodec base width
-    "codec_dim": _AUDIOCRAFT_TINY["codec_dim"],  # EnCodec latent dimension
-    "text_dim": 32,  # T5 width (projected to `dim` by `enc_to_dec_proj`)
-    "text_layers": 1,
-    "text_heads": 4,
-}
-
-_HUB_SHORT_NAMES = {
-    "small": "facebook/musicgen-small",
-    "medium": "facebook/musicgen-medium",
-    "large": "facebook/musicgen-large",
-}
-
-_CONFIG_FILE = "config.json"
+__all__ = ["TransformersBackend"]
 
 
-def build_tiny_transformers_musicgen(
-    seed: int = 0, **overrides: Any
-) -> tuple[MusicgenForConditionalGeneration, PreTrainedTokenizerBase]:
-    """Build a tiny, randomly initialised transformers MusicGen offline (CPU, float32, eval).
-
-    Decoder: 4 codebooks x 2048, ``dim`` 64, 2 layers, 4 heads, GELU, no
-    bias, dropout 0 everywhere (transformers' default would be 0.1).
-    Codec: ``EncodecModel`` at 32 kHz mono, ratios ``[8, 5, 4, 4]`` (hop
-    640, 50 Hz), non-causal, constant padding (as audiocraft's MusicGen
-    codec); its codebooks, zeros in a fresh transformers EnCodec, are drawn
-    from its own residual latents of varied synthetic audio (as the audiocraft
-    tiny codec), so the codes follow the audio. Text: a 1-layer T5 encoder
-    over bytes (``ByT5Tokenizer``, 384 ids), projected to the decoder width.
-
-    The same ``seed`` and ``overrides`` give bitwise identical weights; the
-    global RNG state is left untouched.
-
-    Args:
-        seed: seed for the weight initialisation.
-        **overrides: size knobs, any of :data:`TINY_DEFAULTS`.
-
-    Returns:
-        ``(model, tokenizer)``: a ``MusicgenForConditionalGeneration`` and a
-        ``ByT5Tokenizer``.
-
-    Raises:
-        NoiseProbeError: on an unknown override.
-    """
-    unknown = sorted(set(overrides) - set(TINY_DEFAULTS))
-    if unknown:
-        raise NoiseProbeError(
-            f"Expected tiny-model overrides among {sorted(TINY_DEFAULTS)} but got {unknown}."
-        )
-    from transformers import (
-        ByT5Tokenizer,
-        EncodecConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        T5Config,
-    )
-
-    v = {**TINY_DEFAULTS, **overrides}
-    card, n_q = 2048, 4
-    tokenizer = ByT5Tokenizer()
-    text_config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=v["text_dim"],
-        d_kv=v["text_dim"] // v["text_heads"],
-        d_ff=4 * v["text_dim"],
-        num_layers=v["text_layers"],
-        num_heads=v["text_heads"],
-        dropout_rate=0.0,
-        feed_forward_proj="relu",
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    codec_config = EncodecConfig(
-        sampling_rate=32000,
-        audio_channels=1,
-        num_filters=v["n_filters"],
-        hidden_size=v["codec_dim"],
-        codebook_dim=v["codec_dim"],
-        codebook_size=card,
-        upsampling_ratios=[8, 5, 4, 4],
-        num_residual_layers=1,
-        use_causal_conv=False,
-        pad_mode="constant",
-        use_conv_shortcut=False,
-        normalize=False,
-        target_bandwidths=[2.2],  # floor(2200 / (50 Hz * 11 bits)) = 4 codebooks
-    )
-    decoder_config = MusicgenDecoderConfig(
-        vocab_size=card,
-        hidden_size=v["dim"],
-        ffn_dim=4 * v["dim"],
-        num_hidden_layers=v["num_layers"],
-        num_attention_heads=v["num_heads"],
-        num_codebooks=n_q,
-        audio_channels=1,
-        activation_function="gelu",
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        pad_token_id=card,
-        bos_token_id=card,
-        tie_word_embeddings=False,
-    )
-    config = MusicgenConfig.from_sub_models_config(text_config, codec_config, decoder_config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MusicgenForConditionalGeneration(config)
-    generation: Any = model.generation_config
-    generation.decoder_start_token_id = card
-    generation.pad_token_id = card
-    _init_codebooks_from_audio(model.audio_encoder, seed)
-    return model.eval(), tokenizer
-
-
-def _init_codebooks_from_audio(
-    codec: Any, seed: int, clips: int = 16, seconds: float = 1.5
-) -> None:
-    """Set each RVQ codebook of a transformers EnCodec to jittered residual latents of audio.
-
-    The transformers twin of the audiocraft tiny codec's initialisation (same
-    calibration audio): without it the codebooks are zeros and every frame
-    gets code 0.
-    """
-    g = torch.Generator().manual_seed(seed)
-    sr = int(codec.config.sampling_rate)
-    wav = _calibration_audio(clips, int(seconds * sr), sr, g)
-    with torch.no_grad():
-        residual = codec.encoder(wav)  # [B, D, T]
-        for layer in codec.quantizer.layers:
-            codebook = layer.codebook
-            bins, dim = codebook.embed.shape
-            frames = residual.transpose(1, 2).reshape(-1, dim)
-            pick = torch.randint(frames.shape[0], (bins,), generator=g)
-            jitter = 0.1 * frames.std(0) * torch.randn(bins, dim, generator=g)
-            embed = frames[pick] + jitter
-            codebook.embed.copy_(embed)
-            codebook.embed_avg.copy_(embed)
-            residual = residual - layer.decode(layer.encode(residual))
-
-
-def delayed_lm_logits(
-    decoder: torch.nn.Module,
-    codes: torch.Tensor,
-    encoder_hidden_states: torch.Tensor | None = None,
-    encoder_attention_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of a transformers ``MusicgenForCausalLM`` aligned with ``codes`` (teacher forcing).
-
-    MusicGen's delay pattern, as transformers builds it: BOS (``2048``) is
-    prepended, ``decoder.build_delay_pattern_mask(ids, 2048, max_length=T + K)``
-    shifts codebook ``k`` right by ``k``, and position ``p`` of the delayed
-    sequence predicts position ``p + 1``; so the logits of code ``(k, t)``
-    sit at position ``t + k``. Only the first ``T`` positions are run (later
-    ones predict only tokens that audiocraft masks). As in audiocraft's
-    ``compute_predictions``, the last ``d_k = k`` frames of codebook ``k``
-    are invalid: ``mask`` is ``False`` and the logits NaN there.
-
-    Args:
-        decoder: a ``MusicgenForCausalLM`` (mono: ``audio_channels == 1``).
-        codes: ``[B, K, T]`` long codes in ``[0, card)``.
-        encoder_hidden_states: ``[B, L, dim]`` text states for cross-attention
-            (already projected to the decoder width), or ``None`` (no cross-attention).
-        encoder_attention_mask: ``[B, L]`` 0/1 mask of ``encoder_hidden_states``.
-
-    Returns:
-        ``(logits, mask)``: ``[B, K, T, card]`` in the decoder's dtype (with
-        gradients) and ``[B, K, T]`` bool.
-
-    Raises:
-        NoiseProbeError: if the shapes do not fit the decoder.
-    """
-    dec: Any = decoder  # a MusicgenForCausalLM
-    config = dec.config
-    if codes.dim() != 3 or codes.shape[1] != dec.num_codebooks or codes.shape[-1] < 1:
-        raise NoiseProbeError(
-            f"Expected argument `codes` of shape [B, {dec.num_codebooks}, T] with T >= 1 "
-            f"but got {tuple(codes.shape)}."
-        )
-    if config.audio_channels != 1:
-        raise NoiseProbeError(
-            f"Expected a mono MusicGen decoder (audio_channels=1) but got "
-            f"audio_channels={config.audio_channels}; stereo interleaves codebooks differently."
-        )
-    batch, k_books, frames = codes.shape
-    card = int(config.vocab_size)
-    bos = config.bos_token_id if config.bos_token_id is not None else card
-    pad = config.pad_token_id if config.pad_token_id is not None else card
-    codes = codes.long()
-    ids = torch.cat([codes.new_full((batch, k_books, 1), bos), codes], dim=-1)
-    # transformers only delays when max_length >= 2K - 1; positions >= T are not used anyway.
-    max_length = max(frames + k_books, 2 * k_books - 1)
-    _, pattern = dec.build_delay_pattern_mask(
-        ids.reshape(batch * k_books, frames + 1), pad_token_id=pad, max_length=max_length
-    )
-    out = dec(
-        input_ids=pattern[:, :frames],
-        encoder_hidden_states=encoder_hidden_states,
-        encoder_attention_mask=encoder_attention_mask,
-        use_cache=False,
-        return_dict=True,
-    )
-    logits = out.logits.reshape(batch, k_books, frames, -1)
-    pos = (
-        torch.arange(frames, device=codes.device)[None, :]
-        + torch.arange(k_books, device=codes.device)[:, None]
-    )  # [K, T]: the position holding the logits of (k, t)
-    valid = pos < frames
-    index = pos.clamp(max=frames - 1)[None, :, :, None].expand(batch, -1, -1, logits.shape[-1])
-    aligned = logits.gather(2, index)
-    mask = valid[None].expand(batch, -1, -1)
-    aligned = aligned.masked_fill(~mask[..., None], float("nan"))
-    return aligned, mask
-
-
-@register_backend("transformers")
 class TransformersBackend(ProbeBackend):
     """MusicGen through Hugging Face transformers (``MusicgenForConditionalGeneration``).
 
@@ -358,6 +131,10 @@ class TransformersBackend(ProbeBackend):
         )
 
     # -- lifecycle ----------------------------------------------------------
+    # `from_model(model, tokenizer)` (wrapping an already-loaded
+    # MusicgenForConditionalGeneration without copying it, as
+    # `AudiocraftBackend.from_model` does) belongs here; it is planned (issue #11).
+
     def load(self) -> TransformersBackend:
         """Build (``"tiny"``) or load the weights. Idempotent. Returns ``self``.
 
@@ -372,7 +149,7 @@ class TransformersBackend(ProbeBackend):
         if self.model == "tiny":
             model, tokenizer = build_tiny_transformers_musicgen(self.seed, **self.tiny_config)
         else:
-            model, tokenizer = self._load_pretrained()
+            model, tokenizer = load_pretrained(self.model, self.dropout)
         if model.config.decoder.audio_channels != 1:
             raise NoiseProbeError(
                 f"Expected argument `model` to be a mono MusicGen but {self.model!r} has "
@@ -386,77 +163,6 @@ class TransformersBackend(ProbeBackend):
         self._model = model
         self.tokenizer = tokenizer
         return self
-
-    def _load_pretrained(self) -> tuple[Any, Any]:
-        from transformers import AutoTokenizer, MusicgenConfig, MusicgenForConditionalGeneration
-
-        model = self.model
-        if os.path.isdir(model):
-            folder = model
-            config_path = os.path.join(folder, _CONFIG_FILE)
-            if not os.path.isfile(config_path):
-                raise NoiseProbeError(
-                    f"Expected the model folder {folder!r} to hold a transformers MusicGen "
-                    f"written by `save_pretrained` but {_CONFIG_FILE!r} is missing. Write one "
-                    "with `TransformersBackend.save` or `model.save_pretrained`."
-                )
-            model_type = self._read_model_type(config_path)
-            if model_type != "musicgen":
-                raise NoiseProbeError(
-                    f"Expected the model folder {folder!r} to hold a MusicGen "
-                    f"(model_type 'musicgen') but its {_CONFIG_FILE} says {model_type!r}."
-                )
-            source, local_only = folder, True
-        elif os.path.exists(model) or _looks_like_path(model):
-            raise NoiseProbeError(
-                f"Expected argument `model` to be 'tiny', an existing folder written by "
-                f"`save_pretrained`, or a hub id, but {model!r} is not a folder."
-            )
-        else:
-            source, local_only = _HUB_SHORT_NAMES.get(model, model), _hf_offline()
-
-        try:
-            config = MusicgenConfig.from_pretrained(source, local_files_only=local_only)
-            if self.dropout is not None:
-                config.decoder.dropout = self.dropout
-                config.decoder.attention_dropout = self.dropout
-                config.decoder.activation_dropout = self.dropout
-            loaded = MusicgenForConditionalGeneration.from_pretrained(
-                source, config=config, local_files_only=local_only, dtype=torch.float32
-            )
-        except (OSError, ValueError) as err:  # missing/corrupt files; offline or not cached
-            raise NoiseProbeError(self._load_message(source, local_only, err)) from err
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        except (OSError, ValueError, TypeError):
-            tokenizer = None  # no tokenizer files: unconditional scoring only
-        return loaded, tokenizer
-
-    @staticmethod
-    def _read_model_type(config_path: str) -> Any:
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                return json.load(f).get("model_type")
-        except (OSError, ValueError) as err:
-            raise NoiseProbeError(
-                f"Expected {config_path!r} to be a readable JSON transformers config but "
-                f"reading it failed ({type(err).__name__}: {err})."
-            ) from err
-
-    def _load_message(self, source: str, local_only: bool, err: Exception) -> str:
-        if os.path.isdir(source):
-            return (
-                f"Expected the model folder {source!r} to hold a complete transformers MusicGen "
-                f"but loading it failed ({type(err).__name__}: {err}). Write it with "
-                "`TransformersBackend.save` or `model.save_pretrained`."
-            )
-        why = "HF_HUB_OFFLINE is set and it is not cached" if local_only else "it is not cached"
-        return (
-            f"Expected argument `model` to be 'tiny', a local folder or a reachable hub id but "
-            f"hub id {source!r} could not be loaded: the hub cannot be reached (offline?) or "
-            f"{why} ({type(err).__name__}: {err}). Pass instead a local folder written by "
-            "`save_pretrained` (e.g. `TransformersBackend.save`), or 'tiny'."
-        )
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write the model (and tokenizer) in transformers' ``save_pretrained`` format.
@@ -477,22 +183,7 @@ class TransformersBackend(ProbeBackend):
             NoiseProbeError: if ``folder`` exists and is not an earlier save
                 (a file, or a non-empty folder without ``config.json``).
         """
-        model = self._require_loaded()
-        folder = Path(folder)
-        if folder.exists() and (
-            not folder.is_dir() or (any(folder.iterdir()) and not (folder / _CONFIG_FILE).is_file())
-        ):
-            raise NoiseProbeError(
-                f"Expected argument `folder` to be a new or empty folder, or an earlier save, "
-                f"but {str(folder)!r} exists and holds something else. Choose another folder."
-            )
-        from lightning_noiseprobe._io import atomic_dir
-
-        with atomic_dir(folder) as tmp:
-            model.save_pretrained(tmp)
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(tmp)
-        return folder
+        return save_pretrained(self._require_loaded(), self.tokenizer, folder)
 
     def _require_loaded(self) -> MusicgenForConditionalGeneration:
         if self._model is None:
@@ -688,6 +379,51 @@ class TransformersBackend(ProbeBackend):
                 f"but got {tuple(codes.shape)}."
             )
         codes = codes.to(self.device, torch.long)
-        with _outside_inference_mode():
+        with outside_inference_mode():
             hidden, mask = self._encoder_states(codes.shape[0], descriptions)
             return delayed_lm_logits(model.decoder, codes, hidden, mask)
+
+    # -- training contract (MusicGenLightningModule) -----------------------------
+    @property
+    def supports_training(self) -> bool:
+        """``True``: the decoder and the text projection ``enc_to_dec_proj`` train."""
+        return True
+
+    freeze_example = "model.decoder.layers.0"
+
+    def frozen_lm_parts(self) -> tuple[str, ...]:
+        """The T5 ``text_encoder`` (the EnCodec inside :attr:`lm` is the codec)."""
+        return ("text_encoder",)
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """``lm.decoder``'s parameters by their names in it (a ``MusicgenForCausalLM``:
+        ``model.decoder.embed_tokens``, ``model.decoder.layers.0``, ``lm_heads``, ...),
+        plus ``enc_to_dec_proj.*``; the frozen T5 and codec are not named."""
+        lm: Any = self._require_loaded()
+        params = dict(lm.decoder.named_parameters())
+        for name, param in lm.enc_to_dec_proj.named_parameters():
+            params[f"enc_to_dec_proj.{name}"] = param
+        return params
+
+    def enable_gradient_checkpointing(self) -> None:
+        """transformers' non-reentrant ``gradient_checkpointing_enable`` on the decoder.
+
+        Non-reentrant: no inputs needing grad required, same numbers as without.
+        """
+        decoder: Any = self._require_loaded().decoder
+        decoder.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+
+    def fsdp_units(self) -> list[torch.nn.Module]:
+        """Each decoder layer, then the decoder, then the text projection.
+
+        Only the parts that train, each called through its own ``forward``; the
+        frozen T5 and codec inside :attr:`lm` stay whole on every rank.
+        """
+        lm: Any = self._require_loaded()
+        return [*lm.decoder.model.decoder.layers, lm.decoder, lm.enc_to_dec_proj]
+
+    def export(self, folder: str | os.PathLike[str]) -> Path:
+        """:meth:`save`: transformers' ``save_pretrained`` format, written atomically."""
+        return self.save(folder)

@@ -1,0 +1,229 @@
+"""The tiny audiocraft MusicGen, built offline with audiocraft's own builders.
+
+Same interface as ``facebook/musicgen-small`` (32 kHz mono, 50 Hz, 4
+codebooks x 2048, delay pattern ``[0, 1, 2, 3]``), about a million weights,
+seeded; for tests and demos. audiocraft is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.backends._common import TINY_SIZES, init_codebooks_from_audio
+
+if TYPE_CHECKING:
+    from audiocraft.models.musicgen import MusicGen
+
+__all__ = ["TINY_DEFAULTS", "build_tiny_musicgen", "build_tiny_parts"]
+
+#: Size knobs of the tiny model, accepted by :func:`build_tiny_musicgen`.
+TINY_DEFAULTS: dict[str, Any] = {
+    "dim": TINY_SIZES["dim"],  # transformer width
+    "num_heads": TINY_SIZES["num_heads"],
+    "num_layers": TINY_SIZES["num_layers"],
+    "lut_bins": 64,  # text-conditioning lookup-table size (noop tokenizer: one bin per text)
+    "lut_dim": 16,
+    "n_filters": TINY_SIZES["n_filters"],  # SEANet base width of the codec
+    "codec_dim": TINY_SIZES["codec_dim"],  # codec latent dimension
+    "segment_duration": 30,  # seconds, MusicGen's training segment (sets max generation length)
+}
+
+# The parts of audiocraft's composed Hydra configs that its builders and loaders
+# read. The audiocraft wheel does not ship its `config/` folder, so these are
+# copied from `solver=musicgen/musicgen_base_32khz model/lm/model_scale=xsmall`
+# and `solver=compression/encodec_musicgen_32khz` (audiocraft 1.3.0), with the
+# T5 conditioner replaced by a LUT and the `{size}` entries filled in from
+# TINY_DEFAULTS.
+_LM_CFG: dict[str, Any] = {
+    "device": "cpu",
+    "dtype": "float32",
+    "sample_rate": 32000,
+    "channels": 1,
+    "compression_model_checkpoint": None,
+    "lm_model": "transformer_lm",
+    "transformer_lm": {
+        "dim": "{dim}",
+        "num_heads": "{num_heads}",
+        "num_layers": "{num_layers}",
+        "hidden_scale": 4,
+        "n_q": 4,
+        "card": 2048,
+        "dropout": 0.0,
+        "emb_lr": None,
+        "activation": "gelu",
+        "norm_first": True,
+        "bias_ff": False,
+        "bias_attn": False,
+        "bias_proj": False,
+        "past_context": None,
+        "causal": True,
+        "custom": False,
+        "memory_efficient": True,
+        "attention_as_float32": False,
+        "layer_scale": None,
+        "positional_embedding": "sin",
+        "xpos": False,
+        "checkpointing": "none",
+        "weight_init": "gaussian",
+        "depthwise_init": "current",
+        "zero_bias_init": True,
+        "norm": "layer_norm",
+        "cross_attention": False,
+        "qk_layer_norm": False,
+        "qk_layer_norm_cross": False,
+        "attention_dropout": None,
+        "kv_repeat": 1,
+        "two_step_cfg": False,
+    },
+    "codebooks_pattern": {
+        "modeling": "delay",
+        "delay": {"delays": [0, 1, 2, 3], "flatten_first": 0, "empty_initial": 0},
+    },
+    "attribute_dropout": {},
+    "classifier_free_guidance": {"training_dropout": 0.3, "inference_coef": 3.0},
+    "fuser": {
+        "cross_attention_pos_emb": False,
+        "cross_attention_pos_emb_scale": 1,
+        "sum": [],
+        "prepend": [],
+        "cross": ["description"],
+        "input_interpolate": [],
+    },
+    "conditioners": {
+        "description": {
+            "model": "lut",
+            # `noop`: one token per text, no download (`whitespace` needs a spaCy model).
+            "lut": {"n_bins": "{lut_bins}", "dim": "{lut_dim}", "tokenizer": "noop"},
+        }
+    },
+    "dataset": {"segment_duration": "{segment_duration}"},
+}
+
+_CODEC_CFG: dict[str, Any] = {
+    "device": "cpu",
+    "dtype": "float32",
+    "sample_rate": 32000,
+    "channels": 1,
+    "compression_model": "encodec",
+    "encodec": {
+        "autoencoder": "seanet",
+        "quantizer": "rvq",
+        "sample_rate": 32000,
+        "channels": 1,
+        "causal": False,
+        "renormalize": False,
+    },
+    "seanet": {
+        "dimension": "{codec_dim}",
+        "channels": 1,
+        "causal": False,
+        "n_filters": "{n_filters}",
+        "n_residual_layers": 1,
+        "ratios": [8, 5, 4, 4],  # hop 640: 50 Hz at 32 kHz
+        "activation": "ELU",
+        "activation_params": {"alpha": 1.0},
+        "norm": "weight_norm",
+        "norm_params": {},
+        "kernel_size": 7,
+        "residual_kernel_size": 3,
+        "last_kernel_size": 7,
+        "dilation_base": 2,
+        "pad_mode": "constant",
+        "true_skip": True,
+        "compress": 2,
+        "lstm": 2,
+        "disable_norm_outer_blocks": 0,
+        "decoder": {
+            "trim_right_ratio": 1.0,
+            "final_activation": None,
+            "final_activation_params": None,
+        },
+        "encoder": {},
+    },
+    "rvq": {
+        "n_q": 4,
+        "q_dropout": False,
+        "bins": 2048,
+        "decay": 0.99,
+        "kmeans_init": False,  # with k-means init the codebooks stay zero until trained
+        "kmeans_iters": 50,
+        "threshold_ema_dead_code": 2,
+        "orthogonal_reg_weight": 0.0,
+        "orthogonal_reg_active_codes_only": False,
+    },
+}
+
+
+def _fill(template: Any, values: dict[str, Any]) -> Any:
+    """Replace ``"{key}"`` strings in a nested config template by ``values[key]``."""
+    if isinstance(template, dict):
+        return {k: _fill(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, values) for v in template]
+    if isinstance(template, str) and template.startswith("{") and template.endswith("}"):
+        return values[template[1:-1]]
+    return template
+
+
+def build_tiny_musicgen(seed: int = 0, **overrides: Any) -> MusicGen:
+    """Build a tiny, randomly initialised MusicGen offline (CPU, float32, eval mode).
+
+    Same shapes and interface as ``facebook/musicgen-small`` (EnCodec 32 kHz
+    mono, 50 Hz, 4 codebooks x 2048, delay pattern ``[0, 1, 2, 3]``, text
+    conditioning through cross-attention) but about 1.2 M LM weights (mostly
+    the 2048-way embeddings and heads) and 0.25 M codec weights, built with
+    ``audiocraft.models.builders``. Text goes through a ``lut`` conditioner with the ``noop`` tokenizer (one learned embedding per
+    distinct text, hashed into ``lut_bins`` bins). The codec is random too,
+    except that its RVQ codebooks are drawn from its own latents of varied
+    synthetic audio (no k-means, no training), so the codes follow the audio
+    (noise uses hundreds of distinct codes per codebook, not a handful).
+
+    The same ``seed`` and ``overrides`` give bitwise identical weights; the
+    global RNG state is left untouched.
+
+    Args:
+        seed: seed for the weight initialisation.
+        **overrides: size knobs, any of :data:`TINY_DEFAULTS`.
+
+    Returns:
+        An ``audiocraft.models.musicgen.MusicGen``; its ``lm.cfg`` and
+        ``compression_model.cfg`` hold the configs used (for export).
+
+    Raises:
+        NoiseProbeError: on an unknown override.
+    """
+    unknown = sorted(set(overrides) - set(TINY_DEFAULTS))
+    if unknown:
+        raise NoiseProbeError(
+            f"Expected tiny-model overrides among {sorted(TINY_DEFAULTS)} but got {unknown}."
+        )
+    from audiocraft.models.musicgen import MusicGen
+
+    lm, codec = build_tiny_parts(seed, overrides)
+    return MusicGen("tiny", codec, lm)  # puts both in eval mode
+
+
+def build_tiny_parts(seed: int, overrides: dict[str, Any]) -> tuple[Any, Any]:
+    """``(lm, codec)`` of :func:`build_tiny_musicgen` (CPU, float32), each carrying its ``cfg``."""
+    from audiocraft.models import builders
+    from omegaconf import OmegaConf
+
+    values = {**TINY_DEFAULTS, **overrides}
+    lm_cfg = OmegaConf.create(_fill(_LM_CFG, values))
+    codec_cfg = OmegaConf.create(_fill(_CODEC_CFG, values))
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+        torch.manual_seed(seed)
+        lm = builders.get_lm_model(lm_cfg)
+        codec: Any = builders.get_compression_model(codec_cfg)
+    layers = codec.quantizer.vq.layers
+    init_codebooks_from_audio(
+        codec.encoder, layers, [layer._codebook for layer in layers], codec.sample_rate, seed
+    )
+    lm.cfg = lm_cfg  # as audiocraft's loaders do; MusicGen reads it
+    codec.cfg = codec_cfg
+    return lm, codec

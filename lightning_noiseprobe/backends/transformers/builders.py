@@ -1,0 +1,138 @@
+"""The tiny transformers MusicGen, built offline from configs (the twin of the audiocraft tiny model).
+
+transformers is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.backends._common import TINY_SIZES, init_codebooks_from_audio
+
+if TYPE_CHECKING:
+    from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
+
+__all__ = ["TINY_DEFAULTS", "build_tiny_transformers_musicgen"]
+
+#: Size knobs of the tiny model, accepted by :func:`build_tiny_transformers_musicgen`.
+#: The LM and codec sizes are those of the audiocraft tiny model.
+TINY_DEFAULTS: dict[str, Any] = {
+    "dim": TINY_SIZES["dim"],  # decoder width
+    "num_heads": TINY_SIZES["num_heads"],
+    "num_layers": TINY_SIZES["num_layers"],
+    "n_filters": TINY_SIZES["n_filters"],  # EnCodec base width
+    "codec_dim": TINY_SIZES["codec_dim"],  # EnCodec latent dimension
+    "text_dim": 32,  # T5 width (projected to `dim` by `enc_to_dec_proj`)
+    "text_layers": 1,
+    "text_heads": 4,
+}
+
+
+def build_tiny_transformers_musicgen(
+    seed: int = 0, **overrides: Any
+) -> tuple[MusicgenForConditionalGeneration, PreTrainedTokenizerBase]:
+    """Build a tiny, randomly initialised transformers MusicGen offline (CPU, float32, eval).
+
+    Decoder: 4 codebooks x 2048, ``dim`` 64, 2 layers, 4 heads, GELU, no
+    bias, dropout 0 everywhere (transformers' default would be 0.1).
+    Codec: ``EncodecModel`` at 32 kHz mono, ratios ``[8, 5, 4, 4]`` (hop
+    640, 50 Hz), non-causal, constant padding (as audiocraft's MusicGen
+    codec); its codebooks, zeros in a fresh transformers EnCodec, are drawn
+    from its own residual latents of varied synthetic audio (as the audiocraft
+    tiny codec), so the codes follow the audio. Text: a 1-layer T5 encoder
+    over bytes (``ByT5Tokenizer``, 384 ids), projected to the decoder width.
+
+    The same ``seed`` and ``overrides`` give bitwise identical weights; the
+    global RNG state is left untouched.
+
+    Args:
+        seed: seed for the weight initialisation.
+        **overrides: size knobs, any of :data:`TINY_DEFAULTS`.
+
+    Returns:
+        ``(model, tokenizer)``: a ``MusicgenForConditionalGeneration`` and a
+        ``ByT5Tokenizer``.
+
+    Raises:
+        NoiseProbeError: on an unknown override.
+    """
+    unknown = sorted(set(overrides) - set(TINY_DEFAULTS))
+    if unknown:
+        raise NoiseProbeError(
+            f"Expected tiny-model overrides among {sorted(TINY_DEFAULTS)} but got {unknown}."
+        )
+    from transformers import (
+        ByT5Tokenizer,
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
+
+    v = {**TINY_DEFAULTS, **overrides}
+    card, n_q = 2048, 4
+    tokenizer = ByT5Tokenizer()
+    text_config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=v["text_dim"],
+        d_kv=v["text_dim"] // v["text_heads"],
+        d_ff=4 * v["text_dim"],
+        num_layers=v["text_layers"],
+        num_heads=v["text_heads"],
+        dropout_rate=0.0,
+        feed_forward_proj="relu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    codec_config = EncodecConfig(
+        sampling_rate=32000,
+        audio_channels=1,
+        num_filters=v["n_filters"],
+        hidden_size=v["codec_dim"],
+        codebook_dim=v["codec_dim"],
+        codebook_size=card,
+        upsampling_ratios=[8, 5, 4, 4],
+        num_residual_layers=1,
+        use_causal_conv=False,
+        pad_mode="constant",
+        use_conv_shortcut=False,
+        normalize=False,
+        target_bandwidths=[2.2],  # floor(2200 / (50 Hz * 11 bits)) = 4 codebooks
+    )
+    decoder_config = MusicgenDecoderConfig(
+        vocab_size=card,
+        hidden_size=v["dim"],
+        ffn_dim=4 * v["dim"],
+        num_hidden_layers=v["num_layers"],
+        num_attention_heads=v["num_heads"],
+        num_codebooks=n_q,
+        audio_channels=1,
+        activation_function="gelu",
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=card,
+        bos_token_id=card,
+        tie_word_embeddings=False,
+    )
+    config = MusicgenConfig.from_sub_models_config(text_config, codec_config, decoder_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(config)
+    generation: Any = model.generation_config
+    generation.decoder_start_token_id = card
+    generation.pad_token_id = card
+    codec: Any = model.audio_encoder
+    layers = codec.quantizer.layers
+    init_codebooks_from_audio(
+        codec.encoder,
+        layers,
+        [layer.codebook for layer in layers],
+        int(codec.config.sampling_rate),
+        seed,
+    )
+    return model.eval(), tokenizer

@@ -1,0 +1,140 @@
+"""transformers' own format: ``save_pretrained`` folders (writing them atomically, loading them) and the hub.
+
+transformers is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.backends._common import hf_offline, looks_like_path
+
+__all__ = ["CONFIG_FILE", "load_pretrained", "save_pretrained"]
+
+_HUB_SHORT_NAMES = {
+    "small": "facebook/musicgen-small",
+    "medium": "facebook/musicgen-medium",
+    "large": "facebook/musicgen-large",
+}
+
+#: The file every ``save_pretrained`` folder holds.
+CONFIG_FILE = "config.json"
+
+
+def save_pretrained(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) -> Path:
+    """Write ``model`` (and ``tokenizer`` unless ``None``) with ``save_pretrained``, atomically.
+
+    Written to a temporary folder beside ``folder`` and renamed into place
+    (:func:`lightning_noiseprobe._io.atomic_dir`), so a reader never sees a
+    half-written model; an earlier save at ``folder`` is replaced.
+
+    Returns:
+        The folder, as a :class:`~pathlib.Path`.
+
+    Raises:
+        NoiseProbeError: if ``folder`` exists and is not an earlier save
+            (a file, or a non-empty folder without ``config.json``).
+    """
+    folder = Path(folder)
+    if folder.exists() and (
+        not folder.is_dir() or (any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file())
+    ):
+        raise NoiseProbeError(
+            f"Expected argument `folder` to be a new or empty folder, or an earlier save, "
+            f"but {str(folder)!r} exists and holds something else. Choose another folder."
+        )
+    from lightning_noiseprobe._io import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return folder
+
+
+def load_pretrained(model: str, dropout: float | None) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` (CPU, float32) from a ``save_pretrained`` folder or the hub.
+
+    ``tokenizer`` is ``None`` when the source has no tokenizer files
+    (unconditional scoring only). ``dropout`` (unless ``None``) replaces the
+    decoder's three dropout rates.
+
+    Raises:
+        NoiseProbeError: if the folder holds no (complete) MusicGen or the hub
+            id cannot be loaded (offline, not cached).
+    """
+    from transformers import AutoTokenizer, MusicgenConfig, MusicgenForConditionalGeneration
+
+    if os.path.isdir(model):
+        folder = model
+        config_path = os.path.join(folder, CONFIG_FILE)
+        if not os.path.isfile(config_path):
+            raise NoiseProbeError(
+                f"Expected the model folder {folder!r} to hold a transformers MusicGen "
+                f"written by `save_pretrained` but {CONFIG_FILE!r} is missing. Write one "
+                "with `TransformersBackend.save` or `model.save_pretrained`."
+            )
+        model_type = _read_model_type(config_path)
+        if model_type != "musicgen":
+            raise NoiseProbeError(
+                f"Expected the model folder {folder!r} to hold a MusicGen "
+                f"(model_type 'musicgen') but its {CONFIG_FILE} says {model_type!r}."
+            )
+        source, local_only = folder, True
+    elif os.path.exists(model) or looks_like_path(model):
+        raise NoiseProbeError(
+            f"Expected argument `model` to be 'tiny', an existing folder written by "
+            f"`save_pretrained`, or a hub id, but {model!r} is not a folder."
+        )
+    else:
+        source, local_only = _HUB_SHORT_NAMES.get(model, model), hf_offline()
+
+    try:
+        config = MusicgenConfig.from_pretrained(source, local_files_only=local_only)
+        if dropout is not None:
+            config.decoder.dropout = dropout
+            config.decoder.attention_dropout = dropout
+            config.decoder.activation_dropout = dropout
+        loaded = MusicgenForConditionalGeneration.from_pretrained(
+            source, config=config, local_files_only=local_only, dtype=torch.float32
+        )
+    except (OSError, ValueError) as err:  # missing/corrupt files; offline or not cached
+        raise NoiseProbeError(_load_message(source, local_only, err)) from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None  # no tokenizer files: unconditional scoring only
+    return loaded, tokenizer
+
+
+def _read_model_type(config_path: str) -> Any:
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            return json.load(f).get("model_type")
+    except (OSError, ValueError) as err:
+        raise NoiseProbeError(
+            f"Expected {config_path!r} to be a readable JSON transformers config but "
+            f"reading it failed ({type(err).__name__}: {err})."
+        ) from err
+
+
+def _load_message(source: str, local_only: bool, err: Exception) -> str:
+    if os.path.isdir(source):
+        return (
+            f"Expected the model folder {source!r} to hold a complete transformers MusicGen "
+            f"but loading it failed ({type(err).__name__}: {err}). Write it with "
+            "`TransformersBackend.save` or `model.save_pretrained`."
+        )
+    why = "HF_HUB_OFFLINE is set and it is not cached" if local_only else "it is not cached"
+    return (
+        f"Expected argument `model` to be 'tiny', a local folder or a reachable hub id but "
+        f"hub id {source!r} could not be loaded: the hub cannot be reached (offline?) or "
+        f"{why} ({type(err).__name__}: {err}). Pass instead a local folder written by "
+        "`save_pretrained` (e.g. `TransformersBackend.save`), or 'tiny'."
+    )
