@@ -129,22 +129,6 @@ def _add_window_args(
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def _add_level_args(p: argparse.ArgumentParser) -> None:
-    level = p.add_mutually_exclusive_group()
-    level.add_argument(
-        "--level-dbfs",
-        type=_finite_float("--level-dbfs"),
-        default=-30.0,
-        help="noise RMS in dBFS, at most 0 (default -30)",
-    )
-    level.add_argument(
-        "--level-db-rel",
-        type=_finite_float("--level-db-rel"),
-        default=None,
-        help="noise RMS in dB relative to each clip's RMS (instead of --level-dbfs)",
-    )
-
-
 def _check_regions_onset(args: argparse.Namespace) -> None:
     from lightning_noiseprobe.functional.curves import AUTHORS_MIN_ONSET
 

@@ -10,7 +10,6 @@ from typing import Any
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.cli._common import (
     _WINDOW_FLAGS,
-    _add_level_args,
     _add_window_args,
     _check_level,
     _check_outputs,
@@ -20,6 +19,7 @@ from lightning_noiseprobe.cli._common import (
     _require_writable,
     _window_values,
 )
+from lightning_noiseprobe.cli.spec_flags import add_spec_flags
 
 __all__ = ["add_audio_parsers", "check_reorder_segments"]
 
@@ -221,13 +221,7 @@ def add_audio_parsers(sub: Any) -> None:
     p.add_argument(
         "--noise", choices=NOISE_COLORS, default="white", help="noise colour (default white)"
     )
-    _add_level_args(p)
-    p.add_argument(
-        "--mode",
-        choices=("replace", "add"),
-        default="replace",
-        help="replace the window (paper Eq. 2, default) or add noise to it",
-    )
+    add_spec_flags(p, ("level_dbfs", "level_db_rel", "mode"))  # as the probe's
     p.add_argument(
         "--allow-clipping",
         action="store_true",
