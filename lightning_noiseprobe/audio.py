@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,8 +253,8 @@ def save_audio(
     """Write ``wav`` to ``path`` atomically; the format follows the extension.
 
     The file is first written to a temporary file in the same folder with the
-    same suffix, then moved over ``path`` with :func:`os.replace`. On any failure
-    the temporary file is removed and ``path`` is left as it was.
+    same suffix, then moved over ``path`` (:func:`lightning_noiseprobe._io.atomic_path`).
+    On any failure the temporary file is removed and ``path`` is left as it was.
 
     Default subtypes (see :data:`AUDIO_FORMATS`): ``.wav`` -> ``FLOAT`` (lossless
     for float32 tensors, and values outside ``[-1, 1]`` are kept), ``.flac`` ->
@@ -320,19 +319,16 @@ def save_audio(
     if subtype not in _FLOAT_SUBTYPES and float(np.abs(data).max()) > 1.0:
         data = np.clip(data, -1.0, 1.0)
 
-    tmp = p.with_name(f".{p.stem}.{uuid.uuid4().hex[:12]}.tmp{p.suffix}")
+    from lightning_noiseprobe._io import atomic_path
+
     try:
-        sf.write(str(tmp), data, int(sample_rate), format=fmt, subtype=subtype)
-        os.replace(tmp, p)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, sf.SoundFileError):
-            raise NoiseProbeError(
-                f"Could not write audio file '{p}' ({fmt}/{subtype}, {data.shape[1]} channels, "
-                f"{sample_rate} Hz): {exc}."
-            ) from exc
-        raise
+        with atomic_path(p) as tmp:
+            sf.write(str(tmp), data, int(sample_rate), format=fmt, subtype=subtype)
+    except sf.SoundFileError as exc:
+        raise NoiseProbeError(
+            f"Could not write audio file '{p}' ({fmt}/{subtype}, {data.shape[1]} channels, "
+            f"{sample_rate} Hz): {exc}."
+        ) from exc
 
 
 def _check_rate(name: str, value: object) -> None:

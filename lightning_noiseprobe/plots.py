@@ -14,16 +14,22 @@ import torch
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from lightning_noiseprobe.functional.curves import CurveAnalysis
     from lightning_noiseprobe.probe.result import ProbeResult
 
 __all__ = [
+    "analysis_settings",
     "close",
     "delta_curve",
     "loss_curves",
     "loss_vs_length",
+    "mean_curve_analysis",
     "metric_history",
     "region_distributions",
 ]
+
+#: The spec fields that decide how curves are analysed (and so what a figure shades).
+_ANALYSIS_FIELDS = ("smoothing", "margin", "regions")
 
 _REGION_COLORS = {"peak": "#d62728", "assimilation": "#1f77b4", "recovery": "#2ca02c"}
 
@@ -56,6 +62,37 @@ def _shade_regions(ax: Any, regions: Sequence[Sequence[int]], alpha: float = 0.1
             )
 
 
+def analysis_settings(result: ProbeResult) -> dict[str, Any]:
+    """``smoothing``, ``margin`` and ``regions`` of the spec ``result`` was analysed with
+    (a field its spec dict leaves out has the :class:`~lightning_noiseprobe.probe.spec.ProbeSpec`
+    default), so a figure shades the regions its metrics were computed over."""
+    import dataclasses
+
+    from lightning_noiseprobe.probe.spec import ProbeSpec
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ProbeSpec)}
+    return {name: result.spec.get(name, defaults[name]) for name in _ANALYSIS_FIELDS}
+
+
+def mean_curve_analysis(result: ProbeResult) -> CurveAnalysis:
+    """The analysis of each perturbation's mean curves over clips (batch ``[P]``), with the
+    result's own settings (:func:`analysis_settings`) and the clips' mean start: the
+    regions :func:`loss_curves` shades. With one clip they are that clip's regions."""
+    from lightning_noiseprobe.functional.curves import analyze_curves
+
+    curves = result.mean_curves()
+    perts = result.perturbations
+    return analyze_curves(
+        curves["pair_clean"],
+        curves["perturbed"],
+        torch.tensor([p.onset for p in perts]),
+        torch.tensor([p.length for p in perts]),
+        valid=curves["pair_valid"],
+        start=result.analysis.start.float().mean(0).round().long(),
+        **analysis_settings(result),
+    )
+
+
 def loss_vs_length(result: ProbeResult) -> Figure:
     """Fig. 2: sequence loss difference against injection length, mean +- std over clips."""
     fig, axes = _figure(size=(6.0, 4.0))
@@ -82,16 +119,15 @@ def loss_vs_length(result: ProbeResult) -> Figure:
 
 
 def loss_curves(result: ProbeResult, max_panels: int = 6) -> Figure:
-    """Fig. 3: mean absolute clean and perturbed loss over tokens, regions shaded (one panel per length)."""
-    from lightning_noiseprobe.functional.curves import analyze_curves
-
+    """Fig. 3: mean absolute clean and perturbed loss over tokens, regions shaded (one panel
+    per length; regions of :func:`mean_curve_analysis`, with the spec's settings)."""
     curves = result.mean_curves()
     perts = [p for p in result.perturbations][:max_panels]
     ncols = min(3, len(perts))
     nrows = (len(perts) + ncols - 1) // ncols
     fig, axes = _figure(nrows, ncols, size=(4.2 * ncols, 3.0 * nrows))
     T = curves["clean"].shape[-1]
-    start_tokens = result.analysis.start.float().mean(0)
+    regions = mean_curve_analysis(result).regions.tolist()
     for i, pert in enumerate(perts):
         ax = axes[i // ncols, i % ncols]
         lo = max(0, pert.onset - 50)
@@ -100,16 +136,7 @@ def loss_curves(result: ProbeResult, max_panels: int = 6) -> Figure:
         # on the copy's timeline: for a deletion, the clean curve is re-indexed after the cut
         ax.plot(t[lo:hi], curves["pair_clean"][i, lo:hi], color="0.3", lw=1.0, label="clean")
         ax.plot(t[lo:hi], curves["perturbed"][i, lo:hi], color="#d62728", lw=1.0, label="perturbed")
-        mean_analysis = analyze_curves(
-            curves["pair_clean"][i],
-            curves["perturbed"][i],
-            pert.onset,
-            pert.length,
-            valid=curves["pair_valid"][i],
-            start=start_tokens[i].round().long(),
-            regions=result.spec.get("regions", "default"),
-        )
-        _shade_regions(ax, mean_analysis.regions.tolist())
+        _shade_regions(ax, regions[i])
         ax.axvline(pert.onset, color="k", lw=0.6, ls=":")
         ax.axvline(pert.onset + pert.length, color="k", lw=0.6, ls=":")
         ax.set_xlim(lo, hi - 1)
@@ -162,7 +189,8 @@ def delta_curve(result: ProbeResult, max_lines: int = 6) -> Figure:
     t = torch.arange(T)[lo:hi]
     from lightning_noiseprobe.functional.curves import moving_average
 
-    smoothed = moving_average(curves["delta"], result.spec.get("smoothing", 5))
+    smoothing = analysis_settings(result)["smoothing"]
+    smoothed = moving_average(curves["delta"], smoothing)
     for i, pert in enumerate(perts):
         (line,) = ax.plot(t, smoothed[i, lo:hi], lw=1.2, label=f"{pert.group} {pert.length}")
         ax.plot(t, curves["delta"][i, lo:hi], lw=0.5, alpha=0.3, color=line.get_color())
@@ -175,7 +203,8 @@ def delta_curve(result: ProbeResult, max_lines: int = 6) -> Figure:
     ax.set_xlabel("token")
     ax.set_ylabel("Δ loss")
     ax.set_title(
-        "Token-wise loss difference, mean over clips (bold: 5-token moving average)", fontsize=10
+        f"Token-wise loss difference, mean over clips (bold: {smoothing}-token moving average)",
+        fontsize=10,
     )
     ax.legend(fontsize=7, ncol=2)
     return fig

@@ -260,3 +260,73 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, case):
     assert "error:" in lines[0] and needle in lines[0], err
     after = {p.name for p in tmp_path.iterdir()}
     assert after == before, after - before  # no output, no temp file
+
+
+# ----------------------------------------------------------------------------- probe-set flags
+def test_every_probe_spec_field_has_one_flag_with_help(capsys, monkeypatch):
+    """The probe-set flags are made from ProbeSpec's fields: each field has exactly one
+    flag, with help, in `noiseprobe probe --help`, its default is the field's, and the
+    table holds no entry that is not a field (adding a spec field is one table entry)."""
+    import dataclasses
+
+    from lightning_noiseprobe.cli import build_parser
+    from lightning_noiseprobe.cli.spec_flags import SPEC_FLAGS, spec_flag, spec_kwargs
+    from lightning_noiseprobe.functional.curves import REGION_RULES
+    from lightning_noiseprobe.probe import ProbeSpec
+
+    fields = [f.name for f in dataclasses.fields(ProbeSpec)]
+    assert sorted(SPEC_FLAGS) == sorted(fields)
+    assert all(SPEC_FLAGS[name].help.strip() for name in fields)
+    assert SPEC_FLAGS["regions"].choices == REGION_RULES
+    flags = [spec_flag(name) for name in fields]
+    assert len(set(flags)) == len(flags)
+    assert spec_flag("shuffle_length") == "--shuffle-length"  # kebab case unless named
+
+    monkeypatch.setenv("COLUMNS", "1000")  # help lines unwrapped: no hyphen split
+    parser = build_parser()
+    args = parser.parse_args(["probe", "--audio", "a", "--out", "o"])
+    assert ProbeSpec(**spec_kwargs(args)) == ProbeSpec()  # defaults are the field defaults
+    with pytest.raises(SystemExit):
+        parser.parse_args(["probe", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in fields:
+        assert spec_flag(name) in text, name
+        assert " ".join(SPEC_FLAGS[name].help.split()) in text, name
+
+    argv = ["probe", "--audio", "a", "--out", "o", "--smoothing", "3", "--margin", "9"]
+    argv += ["--shuffle-length", "120", "--shuffle", "10", "--independent-noise"]
+    argv += ["--band", "100-900", "--level-db-rel", "-12", "--regions", "authors"]
+    spec = ProbeSpec(**spec_kwargs(parser.parse_args(argv)))
+    assert (spec.smoothing, spec.margin, spec.shuffle_length) == (3, 9, 120)
+    assert spec.shuffle_segments == (10,) and spec.nested_noise is False
+    assert spec.bandstop_band == (100.0, 900.0) and spec.level_db_rel == -12.0
+    assert spec.regions == "authors"
+
+
+def test_a_spec_field_without_a_flag_is_refused(monkeypatch):
+    """A new ProbeSpec field without a table entry fails when the parser is built."""
+    from lightning_noiseprobe.cli import build_parser, spec_flags
+
+    table = dict(spec_flags.SPEC_FLAGS)
+    del table["margin"]
+    monkeypatch.setattr(spec_flags, "SPEC_FLAGS", table)
+    with pytest.raises(TypeError, match=r"\['margin'\] have none"):
+        build_parser()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--smoothing", "4"],
+            "Expected --smoothing to be a positive odd number of tokens but got 4.",
+        ),
+        (["--margin", "-1"], "Expected --margin to be a number of tokens >= 0 but got -1."),
+        (["--shuffle", "150"], "Expected --shuffle to hold positive integers of at most half"),
+    ],
+)
+def test_probe_spec_flags_errors_name_the_flag(tmp_path, capsys, argv, message):
+    clip = write_audio(tmp_path / "c.wav", 32000, 1, seconds=1.0)
+    code, out, err = _run(["probe", "--audio", clip, "--out", tmp_path / "o", *argv], capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "o").exists()

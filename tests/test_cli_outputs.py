@@ -29,7 +29,7 @@ import soundfile as sf
 from audio_fixtures import write_audio
 
 from lightning_noiseprobe.cli import main
-from lightning_noiseprobe.probe.result import OUTPUT_FILES
+from lightning_noiseprobe.report import OUTPUT_FILES
 
 # Run the CLI as the console script does; the two stand-ins make a refusal that
 # comes after the work has started visible as exit status 3.
@@ -230,7 +230,7 @@ def _killed_writer(out: Path) -> None:
         f"""
         import os, signal
         from lightning_noiseprobe._io import atomic_dir
-        from lightning_noiseprobe.probe.result import OUTPUT_FILES
+        from lightning_noiseprobe.report import OUTPUT_FILES
         with atomic_dir({str(out)!r}, owned=OUTPUT_FILES) as tmp:
             (tmp / "metrics.json").write_text("half")
             os.kill(os.getpid(), signal.SIGKILL)

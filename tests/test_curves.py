@@ -257,3 +257,27 @@ def test_no_nan_in_aggregates_and_correlation():
     stats = group_stats({"delta_loss": delta}, [("white", int(n)) for n in lengths])
     assert set(stats["white"]) == {5, 10, 50, 100, 150, 200}
     assert stats["white"][200]["delta_loss"]["n"] == 3
+
+
+def test_analyze_curves_takes_an_already_computed_first_difference():
+    """The scorer's first differing token gives the same analysis as the codes it came
+    from (capped at the window end), so the codes need not be compared twice."""
+    T, onset, length = 120, 40, 30
+    g = torch.Generator().manual_seed(1)
+    clean = 2.0 + 0.1 * torch.rand(3, T, generator=g)
+    delta = torch.zeros(3, T)
+    delta[:, onset - 2 : onset + 8] = 1.5
+    codes = torch.zeros(3, 4, T, dtype=torch.long)
+    pert = codes.clone()
+    pert[0, 1, onset - 3 :] = 1  # differs before the onset
+    pert[1, 0, onset + 5 :] = 1  # inside the window
+    # clip 2: codes never differ, so the start is capped at onset + length
+    from_codes = analyze_curves(
+        clean, clean + delta, onset, length, clean_codes=codes, perturbed_codes=pert
+    )
+    first = first_differing_token(codes, pert)
+    given = analyze_curves(clean, clean + delta, onset, length, first_difference=first)
+    assert from_codes.start.tolist() == [onset - 3, onset + 5, onset + length]
+    assert given.start.tolist() == from_codes.start.tolist()
+    assert torch.equal(given.regions, from_codes.regions)
+    assert torch.equal(given.peak_mean.nan_to_num(-1), from_codes.peak_mean.nan_to_num(-1))

@@ -456,3 +456,37 @@ def test_callback_with_token_deletion_in_trainer_fit(clip_dir, tmp_path):
     assert result.analysis.regions[:, 1, 2, 1].tolist() == [180, 180]
     with pytest.raises(NoiseProbeError, match="unconditional"):
         NoiseProbeCallback(probe_audio=clip_dir, descriptions="jazz", unconditional=True)
+
+
+# ----------------------------------------------------------------------------- figures
+def test_figure_regions_are_the_logged_regions_for_the_specs_settings(tiny_backend, clip_dir):
+    """Fig. 3 shades the regions metrics.json reports, with the spec's smoothing and margin
+    (not analyze_curves' defaults: a margin of 9 moves the Recovery start by 4 tokens)."""
+    from matplotlib.patches import Rectangle
+
+    from lightning_noiseprobe import plots
+    from lightning_noiseprobe.functional.curves import REGION_NAMES
+
+    spec = ProbeSpec(lengths=(20, 50), smoothing=3, margin=9, **SHORT)
+    result = score_probe_set(
+        tiny_backend, build_probe_set(tiny_backend, clip_dir / "mono32k.wav", spec)
+    )
+    logged = [clip["regions"] for clip in result.to_json()["clips"]]  # one clip: one per length
+    assert [r["recovery"][0] for r in logged] == [ONSET + 20 + 9, ONSET + 50 + 9]
+
+    fig = plots.loss_curves(result)
+    try:
+        for pert, regions, ax in zip(result.perturbations, logged, fig.axes, strict=False):
+            drawn = {
+                patch.get_label().lower(): [
+                    round(patch.get_x()),
+                    round(patch.get_x() + patch.get_width()),
+                ]
+                for patch in ax.patches
+                if isinstance(patch, Rectangle) and patch.get_label().lower() in REGION_NAMES
+            }
+            shown = {name: span for name, span in regions.items() if span[1] > span[0]}
+            assert drawn == shown, pert.key
+    finally:
+        plots.close(fig)
+    assert plots.analysis_settings(result) == {"smoothing": 3, "margin": 9, "regions": "default"}

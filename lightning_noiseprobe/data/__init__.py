@@ -1,4 +1,4 @@
-"""Data: the embedded chorale dataset and Lightning data modules over audio folders.
+"""Data: the embedded chorale dataset, segment datasets and Lightning data modules over audio folders.
 
 Names are imported on first use, so ``import lightning_noiseprobe.data`` loads
 neither Lightning nor music21.
@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lightning_noiseprobe.data.chorales import write_chorale_dataset
-    from lightning_noiseprobe.data.datamodule import (
+    from lightning_noiseprobe.data.datamodule import AudioFolderDataModule, ChoraleDataModule
+    from lightning_noiseprobe.data.dataset import (
         AudioFile,
-        AudioFolderDataModule,
         AudioSegmentDataset,
-        ChoraleDataModule,
         EpochSampler,
         collate_segments,
         scan_audio_files,
@@ -32,8 +31,12 @@ __all__ = [
     "write_chorale_dataset",
 ]
 
-_MODULES = {name: "datamodule" for name in __all__}
-_MODULES["write_chorale_dataset"] = "chorales"
+_MODULES = {name: "dataset" for name in __all__}
+_MODULES.update(
+    AudioFolderDataModule="datamodule",
+    ChoraleDataModule="datamodule",
+    write_chorale_dataset="chorales",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_noiseprobe._io import atomic_path, atomic_write_text
 from lightning_noiseprobe.data.synth import TIMBRES, render_notes
 
 __all__ = [
@@ -306,18 +307,6 @@ def make_description(metadata: Mapping[str, Any], timbre: str | None = None) -> 
     return ", ".join(parts)
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call ``write(temporary_path)`` then move the result onto ``path`` in one step."""
-    from lightning_noiseprobe._io import atomic_path
-
-    with atomic_path(path) as tmp:
-        write(str(tmp))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def _read_complete(folder: Path, params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     """The manifest of a complete dataset written with ``params``, else ``None``."""
     try:
@@ -445,11 +434,9 @@ def write_chorale_dataset(
             "source": f"music21 corpus {identifier}",
         }
         wav_path = folder / f"{name}.wav"
-        _write_atomic(
-            wav_path,
-            lambda tmp, wav=wav: sf.write(tmp, wav, sample_rate, subtype="PCM_16", format="WAV"),
-        )
-        _write_text_atomic(
+        with atomic_path(wav_path) as tmp:
+            sf.write(str(tmp), wav, sample_rate, subtype="PCM_16", format="WAV")
+        atomic_write_text(
             wav_path.with_suffix(".json"), json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n"
         )
         stale -= {wav_path.name, wav_path.with_suffix(".json").name}
@@ -462,8 +449,8 @@ def write_chorale_dataset(
             }
         )
     manifest = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    _write_text_atomic(folder / "manifest.jsonl", manifest)
+    atomic_write_text(folder / "manifest.jsonl", manifest)
     for name in sorted(stale):
         (folder / name).unlink(missing_ok=True)
-    _write_text_atomic(folder / "dataset.json", json.dumps(params, indent=2) + "\n")
+    atomic_write_text(folder / "dataset.json", json.dumps(params, indent=2) + "\n")
     return records

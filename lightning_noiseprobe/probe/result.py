@@ -1,11 +1,12 @@
-"""The result of one probe: per-token curves, regions and metrics."""
+"""The result of one probe: per-token curves, regions and metrics.
+
+A plain data class: :func:`lightning_noiseprobe.report.save_result` writes it to a
+folder (with the figures of :mod:`lightning_noiseprobe.plots`).
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,12 +17,7 @@ from lightning_noiseprobe.functional.curves import EMPTY_COUNT_NAMES, METRIC_NAM
 if TYPE_CHECKING:
     from lightning_noiseprobe.probe.probeset import ProbeSet
 
-__all__ = ["FIGURE_FILES", "OUTPUT_FILES", "SUMMARY_METRICS", "ProbeResult"]
-
-#: The figures :meth:`ProbeResult.save` writes (paper Figs. 2-4).
-FIGURE_FILES = ("fig2_loss_vs_length.png", "fig3_loss_curves.png", "fig4_regions.png")
-#: Every file :meth:`ProbeResult.save` writes; a new save replaces all of them.
-OUTPUT_FILES = ("metrics.json", "curves.npz", *FIGURE_FILES)
+__all__ = ["SUMMARY_METRICS", "ProbeResult"]
 
 #: The headline metrics (``summary`` of ``metrics.json``; logged as ``noiseprobe/<name>``).
 SUMMARY_METRICS = (
@@ -209,30 +205,11 @@ class ProbeResult:
             "pair_valid": pv.sum(0) > 0,
         }
 
-    # ------------------------------------------------------------------ output
-    def save(self, out_dir: str | os.PathLike[str], figures: bool = True) -> list[Path]:
-        """Write ``metrics.json``, ``curves.npz`` and (optionally) the three figures.
-
-        All or nothing: the set is written into a temporary folder and moved into
-        ``out_dir`` at the end (see :func:`lightning_noiseprobe._io.atomic_dir`).
-        On a failure ``out_dir`` keeps its previous contents; on success the new
-        set replaces the files of :data:`OUTPUT_FILES` there (figures of an
-        earlier run are deleted when ``figures=False``), and other files in
-        ``out_dir`` are left alone. Returns the written paths.
-        """
-        from lightning_noiseprobe._io import atomic_dir
-
-        out = Path(out_dir)
-        with atomic_dir(out, owned=OUTPUT_FILES) as tmp:
-            names = self._write(tmp, figures)
-        return [out / name for name in names]
-
-    def _write(self, folder: Path, figures: bool) -> list[str]:
+    def to_arrays(self) -> dict[str, Any]:
+        """The ``curves.npz`` arrays by name (numpy): curves, masks, the analysis and
+        its per-clip metrics (``metric_<name>``)."""
         import numpy as np
 
-        from lightning_noiseprobe._io import atomic_write_json
-
-        atomic_write_json(folder / "metrics.json", self.to_json())
         arrays: dict[str, Any] = {
             "clips": np.array(self.clip_names),
             "perturbations": np.array([p.key for p in self.perturbations]),
@@ -250,25 +227,7 @@ class ProbeResult:
             arrays["pair_clean"] = self.pair_clean.numpy()
             arrays["pair_valid"] = self.pair_valid.numpy()
         arrays.update({f"metric_{k}": v.numpy() for k, v in self.analysis.metrics().items()})
-        with open(folder / "curves.npz", "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        names = ["metrics.json", "curves.npz"]
-        if figures:
-            from lightning_noiseprobe import plots
-
-            draws: tuple[Callable[[ProbeResult], Any], ...] = (
-                plots.loss_vs_length,
-                plots.loss_curves,
-                plots.region_distributions,
-            )
-            for name, draw in zip(FIGURE_FILES, draws, strict=True):
-                fig = draw(self)
-                try:
-                    fig.savefig(folder / name, dpi=110, bbox_inches="tight", format="png")
-                finally:
-                    plots.close(fig)
-                names.append(name)
-        return names
+        return arrays
 
 
 assert set(SUMMARY_METRICS) - {"length_pearson", "length_spearman", "length_slope"} <= set(

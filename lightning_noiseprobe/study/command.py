@@ -24,7 +24,7 @@ def _levels(text: str) -> tuple[float, ...]:
 
 
 def _shared_args(p: argparse.ArgumentParser, positive: Callable[[str], Any], number: Any) -> None:
-    from lightning_noiseprobe.cli import _int_list
+    from lightning_noiseprobe.cli._common import _int_list
 
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
@@ -84,7 +84,7 @@ def _shared_args(p: argparse.ArgumentParser, positive: Callable[[str], Any], num
 
 def add_study_parser(sub: Any) -> None:
     """Add ``study contamination`` and ``study overfit`` to the ``noiseprobe`` sub-parsers."""
-    from lightning_noiseprobe.cli import _finite_float, _positive_int
+    from lightning_noiseprobe.cli._common import _finite_float, _positive_int
 
     study = sub.add_parser(
         "study",

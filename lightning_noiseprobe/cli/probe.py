@@ -1,0 +1,186 @@
+"""``noiseprobe probe``: score a model on a perturbed probe set and write metrics, curves and figures.
+
+The probe-set flags are :class:`~lightning_noiseprobe.probe.spec.ProbeSpec`'s fields
+(:mod:`lightning_noiseprobe.cli.spec_flags`); the others say which model, where it runs,
+which files and where the results go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning_noiseprobe._errors import NoiseProbeError
+from lightning_noiseprobe.cli._common import (
+    _check_level,
+    _check_outputs,
+    _check_regions_onset,
+    _device,
+    _flag_names,
+    _positive_int,
+    _require_writable,
+)
+from lightning_noiseprobe.cli.spec_flags import SPEC_FLAGS, add_spec_flags, spec_flag, spec_kwargs
+
+__all__ = ["add_probe_parser", "format_summary"]
+
+#: The perturbation lists of a spec: a probe needs at least one of them.
+_PERTURBATION_LISTS = (
+    "lengths",
+    "shuffle_segments",
+    "delete_lengths",
+    "reorder_lengths",
+    "bandstop_lengths",
+)
+
+
+def add_probe_parser(sub: Any) -> None:
+    """Add ``probe`` to ``sub``."""
+    from lightning_noiseprobe.backends.base import available_backends
+
+    p = sub.add_parser(
+        "probe",
+        help="score a model on a noise-injected probe set",
+        description="Score MODEL on clean clips and their noise-injected copies; write metrics.json, curves.npz and the paper's figures to OUT.",
+    )
+    p.add_argument(
+        "--model",
+        default="tiny",
+        help="'tiny' (built offline), a local folder of weights, or a hub id (default tiny)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=available_backends(),
+        default="audiocraft",
+        help="model library (default audiocraft)",
+    )
+    p.add_argument(
+        "--audio", required=True, nargs="+", metavar="DIR_OR_FILE", help="audio folder(s) or files"
+    )
+    p.add_argument("--out", required=True, metavar="OUTDIR", help="output folder")
+    add_spec_flags(p)
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8)
+    p.add_argument("--precision", choices=("32", "bf16", "16"), default="32")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    )
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument(
+        "--description",
+        default=None,
+        help="text condition for every clip (default: .json sidecars, else unconditional)",
+    )
+    cond.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="score every clip without text, even with .json sidecars (the authors' setting)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="token cache folder (default $NOISEPROBE_CACHE or ~/.cache/lightning_noiseprobe; 'none' to disable)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first unreadable or too-short clip instead of skipping it",
+    )
+    p.add_argument("--no-figures", action="store_true", help="write metrics and curves only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from lightning_noiseprobe.cli.audio_edits import check_reorder_segments
+    from lightning_noiseprobe.probe import ProbeSpec, find_audio_files
+    from lightning_noiseprobe.report import OUTPUT_FILES
+
+    # every check before any work: the spec, the device, the outputs, the inputs
+    _check_regions_onset(args)
+    if not any(getattr(args, name) for name in _PERTURBATION_LISTS):
+        first, *others = (spec_flag(name) for name in _PERTURBATION_LISTS)
+        raise NoiseProbeError(
+            f"Expected at least one perturbation but {first} is none and none of"
+            f" {', '.join(others)} is given."
+        )
+    low, high = args.reorder_segment
+    for length in args.reorder_lengths:
+        check_reorder_segments(length, low, high, spec_flag("reorder_lengths"))
+    with _flag_names({name: spec_flag(name) for name in SPEC_FLAGS}):
+        spec = ProbeSpec(**spec_kwargs(args))
+    _check_level(args)
+    device = _device(args.device)
+    out = Path(args.out)
+    _require_writable("--out", out, folder=True)
+    from lightning_noiseprobe.probe.probeset import default_cache_dir
+
+    if args.cache_dir is not None and args.cache_dir.lower() == "none":
+        cache_dir = None
+    elif args.cache_dir:
+        cache_dir = Path(args.cache_dir)
+        _require_writable("--cache-dir", cache_dir, folder=True)
+    else:
+        cache_dir = default_cache_dir()
+    files = find_audio_files(args.audio)
+    inputs = [("--audio", str(f)) for f in files]
+    if os.path.lexists(args.model):
+        inputs.append(("--model", args.model))
+    _check_outputs([("--out", out / name) for name in OUTPUT_FILES], inputs)
+
+    from lightning_noiseprobe.backends.base import get_backend
+    from lightning_noiseprobe.probe import build_probe_set, score_probe_set
+    from lightning_noiseprobe.report import save_result
+
+    backend = get_backend(args.backend, model=args.model, device=device).load()
+    backend.lm.eval()
+    probe_set = build_probe_set(
+        backend,
+        [str(f) for f in files],
+        spec,
+        descriptions=args.description,
+        unconditional=args.unconditional,
+        cache_dir=cache_dir,
+        strict=args.strict,
+        progress=not args.quiet,
+    )
+    result = score_probe_set(
+        backend,
+        probe_set,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=device,
+        progress=not args.quiet,
+        model_name=args.model,
+    )
+    try:
+        written = save_result(result, out, figures=not args.no_figures)
+    except OSError as err:
+        raise NoiseProbeError(
+            f"Could not write the results to --out '{out}': {err.strerror or err}."
+            f" Nothing was changed in '{out}'; free space or choose another --out."
+        ) from err
+    print(
+        format_summary(
+            result.summary,
+            title=f"noiseprobe: {len(probe_set)} clips x {len(probe_set.perturbations)} perturbations, model {args.model}",
+        )
+    )
+    for s in result.skipped:
+        print(f"skipped {s['path']}: {s['reason']}")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def format_summary(summary: dict[str, float], title: str = "") -> str:
+    """A two-column text table of headline metrics."""
+    from lightning_noiseprobe.probe.result import SUMMARY_METRICS
+
+    lines = [title] if title else []
+    for name in SUMMARY_METRICS:
+        if name in summary:
+            value = summary[name]
+            text = f"{value: .0f}" if name.endswith("_empty") else f"{value: .4f}"  # counts
+            lines.append(f"  {name:<20} {text}")
+    return "\n".join(lines)
