@@ -306,7 +306,7 @@ def test_perturbation_model_applies_and_seeds() -> None:
         pert.apply(clip, 32000, mode="mix")
     with pytest.raises(NoiseProbeError, match=r"`noise` to be one of .* but got 'grey'"):
         Perturbation("noise", ONSET, LENGTH, noise="grey").apply(clip, 32000)
-    with pytest.raises(NoiseProbeError, match="perturbation kind in .* but got 'blur'"):
+    with pytest.raises(NoiseProbeError, match=r"perturbation kind in .* but got 'blur'"):
         Perturbation("blur", ONSET, LENGTH)
     with pytest.raises(AttributeError):
         pert.length = 5  # type: ignore[misc]
