@@ -162,13 +162,14 @@ class Perturbation:
         """
         from lightning_noiseprobe import perturbations as P
 
-        onset, length = self.onset, self.length
-        window = {"onset": onset, "length": length, "frame_rate": frame_rate}
+        onset, length, rate = self.onset, self.length, frame_rate
         if self.kind == "noise":
             return P.inject_noise(
                 wav,
                 sample_rate,
-                **window,
+                onset=onset,
+                length=length,
+                frame_rate=rate,
                 noise=self.noise,
                 level_dbfs=level_dbfs,
                 level_db_rel=level_db_rel,
@@ -177,18 +178,33 @@ class Perturbation:
                 nest_length=nest_length,
             )
         if self.kind == "shuffle":
-            return P.shuffle_segments(wav, sample_rate, **window, segment=self.segment, seed=seed)[
-                0
-            ]
+            return P.shuffle_segments(
+                wav,
+                sample_rate,
+                onset=onset,
+                length=length,
+                segment=self.segment,
+                frame_rate=rate,
+                seed=seed,
+            )[0]
         if self.kind == "delete":
-            return P.delete_window(wav, sample_rate, **window)
+            return P.delete_window(wav, sample_rate, onset=onset, length=length, frame_rate=rate)
         if self.kind == "reorder":
             lo, hi = self.segment_range
             return P.reorder_segments(
-                wav, sample_rate, **window, min_segment=lo, max_segment=hi, seed=seed
+                wav,
+                sample_rate,
+                onset=onset,
+                length=length,
+                min_segment=lo,
+                max_segment=hi,
+                frame_rate=rate,
+                seed=seed,
             )[0]
         low, high = self.band  # bandstop
-        return P.bandstop_window(wav, sample_rate, **window, low_hz=low, high_hz=high)
+        return P.bandstop_window(
+            wav, sample_rate, onset=onset, length=length, low_hz=low, high_hz=high, frame_rate=rate
+        )
 
 
 @dataclass(frozen=True)
