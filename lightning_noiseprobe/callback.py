@@ -31,7 +31,16 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_noiseprobe._errors import NoiseProbeError, NonFiniteLossError
-from lightning_noiseprobe.probe.spec import PAPER_LENGTHS, ProbeSpec
+from lightning_noiseprobe.probe.engine import PER_LENGTH_METRICS, NoiseProber
+from lightning_noiseprobe.probe.spec import (
+    DEFAULT_CLIP_SECONDS,
+    DEFAULT_LEVEL_DBFS,
+    DEFAULT_MODE,
+    DEFAULT_NOISES,
+    DEFAULT_ONSET,
+    PAPER_LENGTHS,
+    ProbeSpec,
+)
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -45,14 +54,6 @@ __all__ = ["NoiseProbeCallback"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-#: Metrics broken down per (noise, length) when ``log_per_length`` is on.
-PER_LENGTH_METRICS = (
-    "delta_loss",
-    "peak_mean",
-    "peak_sharpness",
-    "assimilation_mean",
-    "recovery_mean",
-)
 #: Metrics drawn in the history figure.
 HISTORY_METRICS = ("peak_sharpness", "peak_mean", "delta_loss", "assimilation_mean")
 
@@ -110,17 +111,12 @@ class NoiseProbeCallback(Callback):
         probe_audio: folder(s) or files of clean probe clips. ``None`` takes
             ``trainer.datamodule.probe_files()``.
         onset, lengths, noises, level_dbfs, level_db_rel, mode, shuffle_segments,
-            clip_seconds, seed: the perturbations (see :class:`ProbeSpec`);
-            defaults follow the paper.
-        regions: region rule, ``"default"`` or ``"authors"`` (the paper's own code; see
-            :class:`ProbeSpec`).
-        inject_at, nested_noise: where clips are perturbed (``"source"``: at the
-            file's own rate and channels, then converted, the paper's protocol) and
-            whether one noise draw serves every length (see :class:`ProbeSpec`).
-        delete_lengths, reorder_lengths, reorder_segment, bandstop_lengths, bandstop_band:
-            token deletions, random variable-length reorderings and band-stops at
-            ``onset`` (see :class:`ProbeSpec`).
-        spec: a full :class:`ProbeSpec` instead of the arguments above.
+            shuffle_length, clip_seconds, seed, smoothing, margin, regions, inject_at,
+            nested_noise, delete_lengths, reorder_lengths, reorder_segment,
+            bandstop_lengths, bandstop_band: the fields of :class:`ProbeSpec`, with its
+            defaults (the paper's protocol).
+        spec: a full :class:`ProbeSpec` instead of the arguments above; refused together
+            with any of them set to another value than its default.
         descriptions: text condition for every clip (``None``: ``.json`` sidecars,
             else unconditional).
         unconditional: score every clip without text, even with sidecars (the paper
@@ -143,23 +139,26 @@ class NoiseProbeCallback(Callback):
         self,
         probe_audio: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         *,
-        onset: int = 250,
+        onset: int = DEFAULT_ONSET,
         lengths: Sequence[int] = PAPER_LENGTHS,
-        noises: Sequence[str] = ("white",),
-        level_dbfs: float = -30.0,
-        level_db_rel: float | None = None,
-        mode: str = "replace",
-        shuffle_segments: Sequence[int] = (),
-        clip_seconds: float = 15.0,
-        seed: int = 0,
-        regions: str = "default",
-        inject_at: str = "source",
-        nested_noise: bool = True,
-        delete_lengths: Sequence[int] = (),
-        reorder_lengths: Sequence[int] = (),
-        reorder_segment: Sequence[int] = (5, 50),
-        bandstop_lengths: Sequence[int] = (),
-        bandstop_band: Sequence[float] = (2000.0, 20000.0),
+        noises: Sequence[str] = DEFAULT_NOISES,
+        level_dbfs: float = DEFAULT_LEVEL_DBFS,
+        level_db_rel: float | None = ProbeSpec.level_db_rel,
+        mode: str = DEFAULT_MODE,
+        shuffle_segments: Sequence[int] = ProbeSpec.shuffle_segments,
+        shuffle_length: int = ProbeSpec.shuffle_length,
+        clip_seconds: float = DEFAULT_CLIP_SECONDS,
+        seed: int = ProbeSpec.seed,
+        smoothing: int = ProbeSpec.smoothing,
+        margin: int = ProbeSpec.margin,
+        regions: str = ProbeSpec.regions,
+        inject_at: str = ProbeSpec.inject_at,
+        nested_noise: bool = ProbeSpec.nested_noise,
+        delete_lengths: Sequence[int] = ProbeSpec.delete_lengths,
+        reorder_lengths: Sequence[int] = ProbeSpec.reorder_lengths,
+        reorder_segment: Sequence[int] = ProbeSpec.reorder_segment,
+        bandstop_lengths: Sequence[int] = ProbeSpec.bandstop_lengths,
+        bandstop_band: Sequence[float] = ProbeSpec.bandstop_band,
         spec: ProbeSpec | None = None,
         descriptions: str | None = None,
         unconditional: bool = False,
@@ -175,81 +174,49 @@ class NoiseProbeCallback(Callback):
         max_clips: int | None = None,
         prefix: str = "noiseprobe",
     ) -> None:
+        given = locals()  # the ProbeSpec fields, by name (checked against the dataclass in tests)
         super().__init__()
-        from lightning_noiseprobe.probe.runner import PRECISIONS
-
-        self.spec = spec or ProbeSpec(
-            onset=onset,
-            lengths=tuple(lengths),
-            noises=tuple(noises),
-            level_dbfs=level_dbfs,
-            level_db_rel=level_db_rel,
-            mode=mode,
-            shuffle_segments=tuple(shuffle_segments),
-            clip_seconds=clip_seconds,
-            seed=seed,
-            regions=regions,
-            inject_at=inject_at,
-            nested_noise=nested_noise,
-            delete_lengths=tuple(delete_lengths),
-            reorder_lengths=tuple(reorder_lengths),
-            reorder_segment=tuple(reorder_segment),  # type: ignore[arg-type]
-            bandstop_lengths=tuple(bandstop_lengths),
-            bandstop_band=tuple(bandstop_band),  # type: ignore[arg-type]
+        #: The probe engine this callback drives (configuration, probe set, scoring).
+        self.engine = NoiseProber(
+            probe_audio,
+            spec=spec,
+            descriptions=descriptions,
+            unconditional=unconditional,
+            batch_size=batch_size,
+            precision=precision,
+            cache_dir=cache_dir,
+            max_clips=max_clips,
+            **{name: given[name] for name in ProbeSpec.field_defaults()},
         )
-        if not isinstance(unconditional, bool):
-            raise NoiseProbeError(
-                f"Expected argument `unconditional` to be True or False but got {unconditional!r}."
-            )
-        if unconditional and descriptions is not None:
-            raise NoiseProbeError(
-                f"Expected either `descriptions` or `unconditional=True` but got both (descriptions={descriptions!r});"
-                " drop one of them."
-            )
+        self.engine.warn = lambda message: rank_zero_warn(f"NoiseProbeCallback: {message}")
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise NoiseProbeError(
                 f"Expected argument `every_n_epochs` to be a positive integer but got {every_n_epochs!r}."
-            )
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise NoiseProbeError(
-                f"Expected argument `batch_size` to be a positive integer but got {batch_size!r}."
-            )
-        if precision is not None and str(precision) not in PRECISIONS:
-            raise NoiseProbeError(
-                f"Expected argument `precision` to be None or one of {sorted(PRECISIONS)} but got {precision!r}."
-            )
-        if max_clips is not None and (not isinstance(max_clips, int) or max_clips < 1):
-            raise NoiseProbeError(
-                f"Expected argument `max_clips` to be a positive integer or None but got {max_clips!r}."
             )
         if not prefix or "/" in prefix:
             raise NoiseProbeError(
                 f"Expected argument `prefix` to be a non-empty name without '/' but got {prefix!r}."
             )
-        self.probe_audio = probe_audio
-        self.descriptions = descriptions
-        self.unconditional = unconditional
         self.every_n_epochs = every_n_epochs
-        self.batch_size = batch_size
-        self.precision = None if precision is None else str(precision)
         self.log_figures = log_figures
         self.log_audio = log_audio
         self.log_per_length = log_per_length
         self.fatal = fatal
         self.run_on_validate = run_on_validate
-        self.cache_dir = cache_dir
-        self.max_clips = max_clips
         self.prefix = prefix
 
         self.history: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []
         self.last_result: ProbeResult | None = None
-        self._probe_set: ProbeSet | None = None
-        self._audio_files: list[str] | None = None
         self._last_logged: dict[str, float] = {}
         self._layout_written = False
         self._audio_logged = False
         self._warned_no_tb = False
+
+    @property
+    def spec(self) -> ProbeSpec:
+        """The probe's :class:`ProbeSpec` (of :attr:`engine`)."""
+        return self.engine.spec
 
     # ------------------------------------------------------------------ identity / state
     @property
@@ -350,21 +317,11 @@ class NoiseProbeCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._backend_of(pl_module)  # fail early with a clear message
         self._check_strategy(trainer)
-        if self._audio_files is None:
-            self._audio_files = self._resolve_audio(trainer)
+        self._resolve_audio(trainer)
 
     def metric_names(self) -> list[str]:
         """Every metric this callback can log (``<prefix>/<name>``), for monitors to choose from."""
-        from lightning_noiseprobe.probe.result import SUMMARY_METRICS
-
-        names = [f"{self.prefix}/{k}" for k in (*SUMMARY_METRICS, "probe_ok")]
-        if self.log_per_length:
-            names += [
-                f"{self.prefix}/{p.group}/len{p.length}/{m}"
-                for p in self.spec.perturbations()
-                for m in PER_LENGTH_METRICS
-            ]
-        return names
+        return [*self.engine.metric_names(self.prefix, self.log_per_length), self._ok_key]
 
     def _check_monitors(self, trainer: pl.Trainer) -> None:
         """A monitor of a name this callback never logs would only ever see held values: refuse it."""
@@ -465,25 +422,23 @@ class NoiseProbeCallback(Callback):
         return backend
 
     def _resolve_audio(self, trainer: pl.Trainer) -> list[str]:
-        from lightning_noiseprobe.probe.probeset import find_audio_files
-
-        source = self.probe_audio
-        if source is None:
-            dm = getattr(trainer, "datamodule", None)
-            getter = getattr(dm, "probe_files", None)
-            if getter is None:
-                raise NoiseProbeError(
-                    "Expected argument `probe_audio` (a folder or files of probe clips), or a datamodule with"
-                    f" `probe_files()`, but got probe_audio=None and datamodule {type(dm).__name__ if dm else None}."
-                )
-            source = list(getter())
-            if not source:
-                raise NoiseProbeError(
-                    f"Expected {type(dm).__name__}.probe_files() to return probe clips but it returned none."
-                    " Set its probe split (e.g. probe_fraction) or pass `probe_audio`."
-                )
-        files = [str(p) for p in find_audio_files(source)]
-        return files[: self.max_clips] if self.max_clips else files
+        """The engine's probe files: ``probe_audio``, else the datamodule's ``probe_files()``."""
+        if self.engine.audio_files is not None or self.engine.probe_audio is not None:
+            return self.engine.resolve_audio()
+        dm = getattr(trainer, "datamodule", None)
+        getter = getattr(dm, "probe_files", None)
+        if getter is None:
+            raise NoiseProbeError(
+                "Expected argument `probe_audio` (a folder or files of probe clips), or a datamodule with"
+                f" `probe_files()`, but got probe_audio=None and datamodule {type(dm).__name__ if dm else None}."
+            )
+        source = list(getter())
+        if not source:
+            raise NoiseProbeError(
+                f"Expected {type(dm).__name__}.probe_files() to return probe clips but it returned none."
+                " Set its probe split (e.g. probe_fraction) or pass `probe_audio`."
+            )
+        return self.engine.resolve_audio(source)
 
     # ------------------------------------------------------------------ hook
     def _should_probe(self, trainer: pl.Trainer) -> bool:
@@ -509,7 +464,7 @@ class NoiseProbeCallback(Callback):
             return
         seconds = time.perf_counter() - started
         self.last_result = result
-        logged = self._metrics_to_log(result)
+        logged = self.engine.metrics(result, self.prefix, self.log_per_length)
         self._log_metrics(pl_module, {**logged, self._ok_key: 1.0})
         self._last_logged.update(logged)
         held = self._hold_monitored(
@@ -589,139 +544,40 @@ class NoiseProbeCallback(Callback):
         pl_module: pl.LightningModule,
         work: Callable[[ProbeBackend, torch.device], _T],
     ) -> _T:
-        """Run ``work(backend, device)`` the way every probe step runs: under no_grad, eval mode
-        (every submodule's mode restored afterwards), isolated RNGs, and with sharded
-        weights gathered."""
-        from lightning.pytorch.utilities.seed import isolate_rng
-
+        """Run ``work(backend, device)`` the way every probe step runs: under the engine's
+        :func:`~lightning_noiseprobe.probe.engine.isolated_probe` (no_grad, eval mode with
+        every submodule's mode restored, isolated RNGs) and with sharded weights gathered."""
         from lightning_noiseprobe._sharding import run_in_root_forward, unsharded
+        from lightning_noiseprobe.probe.engine import isolated_probe
 
         backend = self._backend_of(pl_module)
         device = pl_module.device
-        modes = {m: m.training for m in pl_module.modules()}
         used = (backend.lm, backend.codec)
-        pl_module.eval()
-        try:
-            # no_grad, not inference_mode: tensors the model caches during the probe
-            # (audiocraft's pattern indexes) must stay usable by later training steps.
-            # Sharded models: FSDP2 groups holding weights the probe calls directly are
-            # gathered for the probe; under FSDP1 it runs inside the root's forward.
-            with (
-                isolate_rng(),
-                torch.inference_mode(False),
-                torch.no_grad(),
-                unsharded(pl_module, used),
-            ):
-                return run_in_root_forward(trainer, pl_module, used, lambda: work(backend, device))
-        finally:
-            for module, training in modes.items():
-                module.train(training)
+        # Sharded models: FSDP2 groups holding weights the probe calls directly are
+        # gathered for the probe; under FSDP1 it runs inside the root's forward.
+        with isolated_probe(pl_module), unsharded(pl_module, used):
+            return run_in_root_forward(trainer, pl_module, used, lambda: work(backend, device))
 
     def _ensure_probe_set(self, trainer: pl.Trainer, backend: ProbeBackend) -> ProbeSet:
-        from lightning_noiseprobe.probe.probeset import build_probe_set, default_cache_dir
-
-        if self._probe_set is None:
-            if self._audio_files is None:
-                self._audio_files = self._resolve_audio(trainer)
-            cache = self.cache_dir
-            if cache is None:
-                cache = default_cache_dir()
-            elif str(cache).lower() == "none":
-                cache = None
-            self._probe_set = build_probe_set(
-                backend,
-                self._audio_files,
-                self.spec,
-                descriptions=self.descriptions,
-                unconditional=self.unconditional,
-                cache_dir=cache,
-            )
-            for skipped in self._probe_set.skipped:
-                rank_zero_warn(
-                    f"NoiseProbeCallback: skipped probe clip {skipped['path']}: {skipped['reason']}"
-                )
-        return self._probe_set
+        self._resolve_audio(trainer)
+        return self.engine.probe_set(backend)
 
     def _probe(
         self, trainer: pl.Trainer, backend: ProbeBackend, device: torch.device
     ) -> ProbeResult:
-        from lightning_noiseprobe.probe.runner import precision_context, score_probe_set
-
-        probe_set = self._ensure_probe_set(trainer, backend)
-        if self.precision is None:
-            ctx = trainer.precision_plugin.forward_context
-        else:
-            ctx = precision_context(self.precision, device)
-        if trainer.world_size > 1:
-            return self._score_sharded(trainer, backend, ctx, device)
-        return score_probe_set(
+        """Score with the engine: the trainer's precision (unless ``precision``), clips sharded
+        over the trainer's ranks, gathered with ``trainer.strategy.all_gather``."""
+        self._ensure_probe_set(trainer, backend)
+        return self.engine.score(
             backend,
-            probe_set,
-            batch_size=self.batch_size,
             device=device,
-            forward_context=ctx,
+            forward_context=trainer.precision_plugin.forward_context,
+            world_size=trainer.world_size,
+            rank=trainer.global_rank,
+            all_gather=trainer.strategy.all_gather,
         )
-
-    def _score_sharded(
-        self, trainer: pl.Trainer, backend: ProbeBackend, ctx: Any, device: torch.device
-    ) -> ProbeResult:
-        """Score this rank's share of the clips, gather every rank's per-token NLL, analyse the whole.
-
-        Clip ``j`` goes to rank ``j % W``; every rank scores ``ceil(N / W)`` clips
-        (padded with repeats of clip 0, dropped after the gather), so all ranks run
-        the same number of forward passes and gather tensors of the same shape.
-        A failure on any rank is agreed on first, so no rank waits in a collective
-        that another never reaches; then every rank raises and skips the epoch.
-        """
-        from lightning_noiseprobe.probe.runner import result_from_nll, score_nll
-
-        assert self._probe_set is not None
-        ps = self._probe_set
-        world, rank = trainer.world_size, trainer.global_rank
-        N = len(ps)
-        per_rank = -(-N // world)
-        own = [rank + world * i for i in range(per_rank)]
-        error: BaseException | None = None
-        try:
-            nll, mask = score_nll(
-                backend,
-                ps.subset([j if j < N else 0 for j in own]),
-                batch_size=self.batch_size,
-                device=device,
-                forward_context=ctx,
-            )
-        except Exception as err:
-            error = err
-        ok = trainer.strategy.all_gather(
-            torch.tensor([error is None], dtype=torch.uint8, device=device)
-        )
-        if error is not None:
-            raise error
-        if not bool(ok.all()):
-            failed = [r for r, flag in enumerate(ok.reshape(-1).tolist()) if not flag]
-            raise RuntimeError(f"the probe failed on rank(s) {failed}; skipped on every rank")
-        all_nll = trainer.strategy.all_gather(nll.to(device)).cpu()  # [W, per_rank, 1 + P, K, T]
-        all_mask = trainer.strategy.all_gather(mask.to(device, torch.uint8)).cpu().bool()
-        ranks = [j % world for j in range(N)]
-        slots = [j // world for j in range(N)]
-        return result_from_nll(backend, ps, all_nll[ranks, slots], all_mask[ranks, slots])
 
     # ------------------------------------------------------------------ logging
-    def _metrics_to_log(self, result: ProbeResult) -> dict[str, float]:
-        out = {
-            f"{self.prefix}/{k}": float(v)
-            for k, v in result.summary.items()
-            if not k.endswith("_p") and math.isfinite(v)
-        }
-        if self.log_per_length:
-            for group, by_len in result.by_length.items():
-                for length, metrics in by_len.items():
-                    for name in PER_LENGTH_METRICS:
-                        value = metrics.get(name, {}).get("mean")
-                        if value is not None and math.isfinite(value):
-                            out[f"{self.prefix}/{group}/len{length}/{name}"] = float(value)
-        return out
-
     @staticmethod
     def _log_metrics(pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
         # Every rank analysed the same gathered curves, so the values are already identical:
@@ -772,39 +628,18 @@ class NoiseProbeCallback(Callback):
             for tag, fig in figures.items():
                 writer.add_figure(tag, fig, global_step=step, close=False)
                 plots.close(fig)
-        if self.log_audio and not self._audio_logged and self._probe_set is not None:
+        if self.log_audio and not self._audio_logged and self.engine.built is not None:
             self._log_audio_examples(writer, step)
             self._audio_logged = True
         writer.flush()
 
     def _log_audio_examples(self, writer: Any, step: int) -> None:
-        from lightning_noiseprobe.audio import load_audio
-        from lightning_noiseprobe.probe.probeset import prepare_clip
-
-        assert self._probe_set is not None
-        ps = self._probe_set
-        clip = ps.clips[0]
-        wav, sr = load_audio(clip.name)
-        prepared = prepare_clip(
-            wav,
-            sr,
-            ps.spec,
-            sample_rate=ps.sample_rate,
-            channels=ps.channels,
-            frame_rate=ps.frame_rate,
-        )
-        pert = max(ps.perturbations, key=lambda p: p.length)
-        perturbed = prepared.perturbed(pert)
-        for tag, audio in (
-            (f"{self.prefix}/audio/clean", prepared.clean),
-            (f"{self.prefix}/audio/{pert.group}_len{pert.length}", perturbed),
-        ):
-            writer.add_audio(
-                tag,
-                audio.mean(0, keepdim=True).clamp(-1, 1),
-                global_step=step,
-                sample_rate=ps.sample_rate,
-            )
+        """The first clip, clean and with the longest perturbation, mixed to mono."""
+        assert self.engine.built is not None
+        rate = self.engine.built.sample_rate
+        for name, audio in self.engine.audio_examples(0).items():
+            tag = f"{self.prefix}/audio/{name}"
+            writer.add_audio(tag, audio.mean(0, keepdim=True).clamp(-1, 1), step, sample_rate=rate)
 
     def custom_scalars_layout(self, result: ProbeResult) -> dict[str, Any]:
         """TensorBoard custom-scalars layout: headline metrics, then one chart per metric across lengths."""

@@ -163,3 +163,52 @@ def test_missing_probe_audio_lists_options(tmp_path):
 def test_argument_validation(kwargs, match):
     with pytest.raises(NoiseProbeError, match=match):
         NoiseProbeCallback(**kwargs)
+
+
+def test_per_field_arguments_are_the_probespec_fields():
+    """The callback's per-field keywords are ProbeSpec's fields (names, order, defaults), each
+    reaches the spec, and the engine takes exactly those fields and the same other options."""
+    import inspect
+
+    from lightning_noiseprobe.probe.engine import NoiseProber
+    from lightning_noiseprobe.probe.spec import ProbeSpec
+
+    fields = ProbeSpec.field_defaults()
+    params = inspect.signature(NoiseProbeCallback).parameters
+    given = {name: p.default for name, p in params.items() if name in fields}
+    assert list(given) == list(fields) and given == fields
+    assert NoiseProbeCallback(probe_audio="x").spec == ProbeSpec()
+    changed = {"smoothing": 3, "margin": 7, "shuffle_length": 100, "shuffle_segments": [10]}
+    spec = NoiseProbeCallback(probe_audio="x", **changed).spec
+    assert (spec.smoothing, spec.margin, spec.shuffle_length, spec.shuffle_segments) == (
+        3,
+        7,
+        100,
+        (10,),
+    )
+    for name, default in fields.items():
+        assert NoiseProber("x", **{name: default}).spec == ProbeSpec()
+    with pytest.raises(NoiseProbeError, match="but got onsett"):
+        NoiseProber("x", onsett=100)
+    engine = inspect.signature(NoiseProber).parameters
+    shared = [n for n in engine if n not in ("spec_fields",)]
+    assert {n: engine[n].default for n in shared} == {n: params[n].default for n in shared}
+
+
+def test_spec_with_a_changed_field_is_refused_before_training(probe_dir, tmp_path):
+    from lightning_noiseprobe.probe.spec import ProbeSpec
+
+    model = ProtocolModule()
+    spec = ProbeSpec(**PROBE)
+    with pytest.raises(
+        NoiseProbeError,
+        match=r"Pass either spec= or per-field arguments, not both; got spec and onset=100, mode='add'",
+    ):
+        probe = NoiseProbeCallback(probe_audio=probe_dir, spec=spec, onset=100, mode="add")
+        _trainer(tmp_path, [probe], max_epochs=1).fit(model)
+    assert model.train_losses == []  # nothing trained
+    # fields left at their defaults (as LightningCLI passes them) take the spec as it is
+    probe = NoiseProbeCallback(
+        probe_audio=probe_dir, spec=spec, onset=250, lengths=[5, 10, 50, 100, 150, 200]
+    )
+    assert probe.spec is spec

@@ -18,7 +18,6 @@ from lightning_noiseprobe._hashing import derive_seed
 from lightning_noiseprobe.audio import load_audio, rms_dbfs, save_audio
 from lightning_noiseprobe.perturbations import (
     NOISE_COLORS,
-    Injection,
     colored_noise,
     inject_noise,
     seconds_window_to_samples,
@@ -273,26 +272,44 @@ def test_inject_generated_on_cpu_then_moved() -> None:
         assert torch.equal(dev.cpu(), cpu)
 
 
-def test_injection_dataclass() -> None:
+def test_perturbation_model_applies_and_seeds() -> None:
+    """One perturbation model (probe.spec.Perturbation), one seed recipe, one way to apply."""
+    from lightning_noiseprobe.probe.spec import Perturbation, ProbeSpec
+
     clip = _music(32000, 1)
-    inj = Injection(onset=ONSET, length=LENGTH, noise="blue", level_dbfs=-24.0)
-    assert inj.window(32000) == (16000, 48000)
+    pert = Perturbation("noise", ONSET, LENGTH, noise="blue")
     assert torch.equal(
-        inj.apply(clip, 32000, seed=5),
+        pert.apply(clip, 32000, seed=5, level_dbfs=-24.0),
         inject_noise(
             clip, 32000, onset=ONSET, length=LENGTH, noise="blue", level_dbfs=-24.0, seed=5
         ),
     )
-    assert inj.seed_for(0, "a.wav") == inj.seed_for(0, "a.wav")
-    assert inj.seed_for(0, "a.wav") != inj.seed_for(0, "b.wav")
-    assert inj.seed_for(0, "a.wav") != Injection(onset=ONSET, length=10).seed_for(0, "a.wav")
-    assert Injection(onset=0.5, length=1.0, unit="seconds").window(48000) == (24000, 72000)
+    assert pert.seed(0, "a.wav") == pert.seed(0, "a.wav")
+    assert pert.seed(0, "a.wav") != pert.seed(0, "b.wav")
+    assert pert.seed(0, "a.wav") != pert.seed(1, "a.wav")
+    assert pert.seed(0, "a.wav") != Perturbation("noise", ONSET, 10).seed(0, "a.wav")
+    # nested noise: one seed per clip, colour and onset, whatever the length
+    assert pert.seed(0, "a.wav", nested=True) == Perturbation(
+        "noise", ONSET, 10, noise="blue"
+    ).seed(0, "a.wav", nested=True)
+    # the spec applies its own level, mode, nesting and seed
+    spec = ProbeSpec(onset=ONSET, lengths=(LENGTH,), noises=("blue",), level_dbfs=-24.0, seed=3)
+    (listed,) = spec.perturbations()
+    assert listed == pert
+    nested = pert.apply(
+        clip, 32000, seed=pert.seed(3, "a", nested=True), level_dbfs=-24.0, nest_length=LENGTH
+    )
+    assert torch.equal(spec.perturb(clip, 32000, 50.0, pert, "a"), nested)
+    cut = Perturbation("delete", ONSET, 10).apply(clip, 32000)
+    assert cut.shape[-1] == clip.shape[-1] - 10 * 640
     with pytest.raises(NoiseProbeError, match="`mode` to be one of 'replace', 'add' but got 'mix'"):
-        Injection(mode="mix")
+        pert.apply(clip, 32000, mode="mix")
     with pytest.raises(NoiseProbeError, match=r"`noise` to be one of .* but got 'grey'"):
-        Injection(noise="grey")
+        Perturbation("noise", ONSET, LENGTH, noise="grey").apply(clip, 32000)
+    with pytest.raises(NoiseProbeError, match=r"perturbation kind in .* but got 'blur'"):
+        Perturbation("blur", ONSET, LENGTH)
     with pytest.raises(AttributeError):
-        inj.length = 5  # type: ignore[misc]
+        pert.length = 5  # type: ignore[misc]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -252,3 +252,68 @@ def test_shuffle_perturbations_are_scored(tiny_backend, audio_dir):
     result = score_probe_set(tiny_backend, ps)
     assert [p.group for p in result.perturbations] == ["white", "shuffle10"]
     assert "shuffle10" in result.by_length
+
+
+# ----------------------------------------------------------------------------- the engine
+def test_engine_in_a_plain_loop(tiny_backend, audio_dir, tmp_path):
+    """NoiseProber without Lightning: the probe set is built once (skips reported), scoring
+    matches score_probe_set, the LM's modes come back, the global RNGs are untouched."""
+    from lightning_noiseprobe.probe.engine import NoiseProber
+
+    warned: list[str] = []
+    prober = NoiseProber(audio_dir, spec=SPEC, batch_size=4, cache_dir=tmp_path, max_clips=4)
+    prober.warn = warned.append
+    lm = tiny_backend.lm
+    lm.train()
+    lm.transformer.layers[0].eval()
+    modes = {name: m.training for name, m in lm.named_modules()}
+    torch.manual_seed(5)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(5)
+    result = prober(tiny_backend)
+    assert torch.equal(torch.rand(3), expected_draw)  # the probe used no global RNG state
+    assert {name: m.training for name, m in lm.named_modules()} == modes
+    lm.eval()
+    ps = prober.probe_set(tiny_backend)
+    assert ps is prober.built and len(ps) == 2  # max_clips=4 kept 4 files; 2 were unusable
+    assert len(warned) == 2 and all(w.startswith("skipped probe clip ") for w in warned)
+    reference = score_probe_set(tiny_backend, ps, batch_size=4)
+    torch.testing.assert_close(result.perturbed, reference.perturbed)
+    metrics = prober.metrics(result, prefix="probe")
+    assert metrics["probe/peak_sharpness"] == pytest.approx(reference.summary["peak_sharpness"])
+    assert "probe/white/len60/peak_mean" in metrics
+    assert set(metrics) <= set(prober.metric_names(prefix="probe"))
+    assert not any(k.endswith("_p") for k in metrics)
+    assert set(prober.metrics(result, per_length=False)) == {
+        k.replace("probe/", "noiseprobe/") for k in metrics if k.count("/") == 1
+    }
+    examples = prober.audio_examples(0)
+    assert list(examples) == ["clean", "white_len60"]
+    clean, noisy = examples["clean"], examples["white_len60"]
+    assert clean.shape == noisy.shape == (1, 4 * 32000)
+    start, end = 60 * 640, 120 * 640
+    assert torch.equal(clean[:, : start - 640], noisy[:, : start - 640])
+    assert not torch.equal(clean[:, start:end], noisy[:, start:end])
+
+
+def test_engine_sharded_scoring_matches_single_process(tiny_backend, audio_dir, tmp_path):
+    """score(world_size=2): each rank's share, gathered, equals the one-process result. The
+    two ranks run one after the other here; all_gather replays what each rank contributed."""
+    from lightning_noiseprobe.probe.engine import NoiseProber
+
+    calls: list[list[torch.Tensor]] = [[], []]
+
+    def gather_for(rank):
+        def gather(t):
+            calls[rank].append(t.clone())
+            other = calls[1 - rank][len(calls[rank]) - 1] if calls[1 - rank] else t
+            return torch.stack([t, other] if rank == 0 else [other, t])
+
+        return gather
+
+    prober = NoiseProber(audio_dir, spec=SPEC, batch_size=4, cache_dir=tmp_path)
+    single = prober(tiny_backend)
+    prober(tiny_backend, world_size=2, rank=1, all_gather=gather_for(1))  # records rank 1's share
+    sharded = prober(tiny_backend, world_size=2, rank=0, all_gather=gather_for(0))
+    torch.testing.assert_close(sharded.perturbed, single.perturbed)
+    assert sharded.clip_names == single.clip_names

@@ -15,7 +15,7 @@ from proc_helpers import our_tracebacks
 
 from lightning_noiseprobe.cli import main
 from lightning_noiseprobe.probe import ProbeSpec, build_probe_set
-from lightning_noiseprobe.probe.probeset import _entry_checksum, clear_memory_cache
+from lightning_noiseprobe.probe.cache import _entry_checksum, clear_memory_cache
 
 # The same protocol as the CLI flags below (a short one, so each build takes about a second).
 SPEC = ProbeSpec(onset=60, lengths=(5, 20, 60), clip_seconds=4.0)

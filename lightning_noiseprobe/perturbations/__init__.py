@@ -6,7 +6,6 @@ from lightning_noiseprobe.perturbations.delete import delete_window
 from lightning_noiseprobe.perturbations.inject import (
     INJECTION_MODES,
     WINDOW_UNITS,
-    Injection,
     inject_noise,
     seconds_window_to_samples,
     token_window_to_samples,
@@ -20,7 +19,6 @@ __all__ = [
     "NOISE_COLORS",
     "NOISE_EXPONENTS",
     "WINDOW_UNITS",
-    "Injection",
     "bandstop_bins",
     "bandstop_window",
     "colored_noise",

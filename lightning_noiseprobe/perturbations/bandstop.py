@@ -15,6 +15,7 @@ from lightning_noiseprobe.perturbations.inject import (
     _check_waveform,
     _window,
 )
+from lightning_noiseprobe.probe.spec import DEFAULT_ONSET
 
 __all__ = ["bandstop_bins", "bandstop_window"]
 
@@ -42,7 +43,7 @@ def bandstop_window(
     wav: torch.Tensor,
     sample_rate: int,
     *,
-    onset: float = 250,
+    onset: float = DEFAULT_ONSET,
     length: float = 100,
     low_hz: float = 2000.0,
     high_hz: float = 20000.0,

@@ -14,6 +14,7 @@ from lightning_noiseprobe.perturbations.inject import (
     _check_waveform,
     _window,
 )
+from lightning_noiseprobe.probe.spec import DEFAULT_ONSET
 
 __all__ = ["delete_window"]
 
@@ -22,7 +23,7 @@ def delete_window(
     wav: torch.Tensor,
     sample_rate: int,
     *,
-    onset: float = 250,
+    onset: float = DEFAULT_ONSET,
     length: float = 50,
     frame_rate: float = 50.0,
     unit: str = "tokens",

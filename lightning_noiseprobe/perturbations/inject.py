@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
-from lightning_noiseprobe._hashing import derive_seed
 from lightning_noiseprobe.perturbations.noise import check_noise_color, colored_noise
+from lightning_noiseprobe.probe.spec import DEFAULT_LEVEL_DBFS, DEFAULT_MODE, DEFAULT_ONSET
 
 __all__ = [
     "INJECTION_MODES",
     "WINDOW_UNITS",
-    "Injection",
     "inject_noise",
     "seconds_window_to_samples",
     "token_window_to_samples",
 ]
 
-INJECTION_MODES: tuple[str, ...] = ("replace", "add")
+INJECTION_MODES: tuple[str, ...] = ("replace", "add")  # ProbeSpec.mode takes these
 WINDOW_UNITS: tuple[str, ...] = ("tokens", "seconds")
 
 
@@ -208,14 +206,14 @@ def inject_noise(
     wav: torch.Tensor,
     sample_rate: int,
     *,
-    onset: float = 250,
+    onset: float = DEFAULT_ONSET,
     length: float = 100,
     frame_rate: float = 50.0,
     unit: str = "tokens",
     noise: str = "white",
-    level_dbfs: float = -30.0,
+    level_dbfs: float = DEFAULT_LEVEL_DBFS,
     level_db_rel: float | None = None,
-    mode: str = "replace",
+    mode: str = DEFAULT_MODE,
     seed: int = 0,
     generator: torch.Generator | None = None,
     nest_length: float | None = None,
@@ -334,99 +332,3 @@ def inject_noise(
     else:
         out[..., start:end] += scaled
     return out
-
-
-@dataclass(frozen=True)
-class Injection:
-    """One noise injection, validated once, applied to many clips.
-
-    Attributes:
-        onset: Window start, in ``unit`` (default token 250).
-        length: Window length, in ``unit`` (default 100 tokens).
-        noise: One of ``NOISE_COLORS``.
-        level_dbfs: Noise RMS per channel in dBFS.
-        level_db_rel: Noise RMS relative to the clip's RMS in dB; overrides
-            ``level_dbfs`` when not ``None``.
-        mode: ``"replace"`` (paper, Eq. 2) or ``"add"``.
-        unit: ``"tokens"`` or ``"seconds"``.
-
-    Example:
-        >>> inj = Injection(onset=25, length=10, noise="pink", level_dbfs=-24.0)
-        >>> inj.window(sample_rate=32000, frame_rate=50.0)
-        (16000, 22400)
-        >>> clip = torch.zeros(1, 32000)
-        >>> seed = inj.seed_for(0, "clip.wav")
-        >>> out = inj.apply(clip, 32000, frame_rate=50.0, seed=seed)
-        >>> torch.equal(out, inj.apply(clip, 32000, frame_rate=50.0, seed=seed))
-        True
-        >>> Injection(length=0)
-        Traceback (most recent call last):
-        ...
-        lightning_noiseprobe._errors.NoiseProbeError: Expected argument `length` to be a positive number of tokens but got 0.
-    """
-
-    onset: float = 250
-    length: float = 100
-    noise: str = "white"
-    level_dbfs: float = -30.0
-    level_db_rel: float | None = None
-    mode: str = "replace"
-    unit: str = "tokens"
-
-    def __post_init__(self) -> None:
-        _check_choice("unit", self.unit, WINDOW_UNITS)
-        what = "number of tokens" if self.unit == "tokens" else "number of seconds"
-        _check_real("onset", self.onset, sign="non-negative", what=what)
-        _check_real("length", self.length, sign="positive", what=what)
-        check_noise_color(self.noise)
-        _check_choice("mode", self.mode, INJECTION_MODES)
-        if self.level_db_rel is None:
-            _check_real("level_dbfs", self.level_dbfs, what="level in dBFS")
-        else:
-            _check_real("level_db_rel", self.level_db_rel, what="level in dB")
-
-    def window(self, sample_rate: int, frame_rate: float = 50.0) -> tuple[int, int]:
-        """Sample window ``[start, end)`` of this injection (see :func:`token_window_to_samples`)."""
-        if self.unit == "tokens":
-            return token_window_to_samples(self.onset, self.length, frame_rate, sample_rate)
-        return seconds_window_to_samples(self.onset, self.length, sample_rate)
-
-    def seed_for(self, *keys: Any) -> int:
-        """A seed from ``keys`` (e.g. a base seed and a clip id) and this injection's fields.
-
-        Different clips, and different injections of one clip, get different noise.
-        """
-        return derive_seed(
-            *keys,
-            self.onset,
-            self.length,
-            self.noise,
-            self.level_dbfs,
-            self.level_db_rel,
-            self.mode,
-            self.unit,
-        )
-
-    def apply(
-        self,
-        wav: torch.Tensor,
-        sample_rate: int,
-        frame_rate: float = 50.0,
-        seed: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Apply to ``wav`` (``[C, S]`` or ``[B, C, S]``); see :func:`inject_noise`."""
-        return inject_noise(
-            wav,
-            sample_rate,
-            onset=self.onset,
-            length=self.length,
-            frame_rate=frame_rate,
-            unit=self.unit,
-            noise=self.noise,
-            level_dbfs=self.level_dbfs,
-            level_db_rel=self.level_db_rel,
-            mode=self.mode,
-            seed=seed,
-            generator=generator,
-        )

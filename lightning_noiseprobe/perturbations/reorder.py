@@ -23,6 +23,7 @@ from lightning_noiseprobe.perturbations.shuffle import (
     _permute_spans,
     _token_edges,
 )
+from lightning_noiseprobe.probe.spec import DEFAULT_ONSET
 
 __all__ = ["random_segment_lengths", "reorder_segments"]
 
@@ -62,7 +63,7 @@ def reorder_segments(
     wav: torch.Tensor,
     sample_rate: int,
     *,
-    onset: int = 250,
+    onset: int = DEFAULT_ONSET,
     length: int = 200,
     min_segment: int = 5,
     max_segment: int = 50,
@@ -116,7 +117,6 @@ def reorder_segments(
     """
     _check_waveform(wav)
     _check_sample_rate(sample_rate)
-    _check_real("onset", onset, sign="non-negative", what="number of tokens")
     length = _check_tokens("length", length)
     min_segment = _check_tokens("min_segment", min_segment)
     max_segment = _check_tokens("max_segment", max_segment)

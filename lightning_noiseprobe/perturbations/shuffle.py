@@ -81,7 +81,6 @@ def shuffle_segments(
     """
     _check_waveform(wav)
     _check_sample_rate(sample_rate)
-    _check_real("onset", onset, sign="non-negative", what="number of tokens")
     _check_real("length", length, sign="positive", what="number of tokens")
     _check_real("segment", segment, sign="positive", what="number of tokens")
     _check_real("frame_rate", frame_rate, sign="positive", what="number of tokens per second")

@@ -4,17 +4,12 @@ Because the codec is frozen while the LM fine-tunes, a probe set is encoded
 once and cached (in memory, and on disk keyed by a hash of the audio, the
 spec and the codec weights), so repeated probing costs only LM forward passes.
 
-The disk cache never harms a run: an entry is used only if it loads and
-passes validation (shapes, dtype, codes within the codec's cardinality, and
-the SHA-256 checksum stored with it); otherwise it is rebuilt with a warning
-naming the file and the problem, and overwritten atomically. A cache folder
-that cannot be written (read-only, or under a file) is reported once and the
-run goes on without writing to it.
+The disk cache (:mod:`lightning_noiseprobe.probe.cache`) never harms a run: an
+invalid entry is rebuilt with a warning, an unwritable folder only read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -27,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
-from lightning_noiseprobe._hashing import derive_seed, hash_json, hash_tensor
+from lightning_noiseprobe._hashing import hash_json, hash_tensor
+from lightning_noiseprobe.probe.cache import (
+    _cache_key,
+    _EntryLayout,
+    _load_cached,
+    _store_cached,
+    clear_memory_cache,
+    default_cache_dir,
+)
 from lightning_noiseprobe.probe.spec import Perturbation, ProbeSpec
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ __all__ = [
     "clear_memory_cache",
     "default_cache_dir",
     "find_audio_files",
+    "load_prepared",
     "perturb_clip",
     "prepare_clip",
 ]
@@ -62,22 +66,6 @@ AudioSource = (
 #: sidecar), ``"given"`` (text passed as ``descriptions`` / ``--description``) or
 #: ``"unconditional"`` (no text: asked for, or no sidecar).
 CONDITIONINGS = ("sidecar", "given", "unconditional")
-
-# process-wide memory cache: cache key -> (clean codes [K, T], perturbed codes [P, K, T],
-# tokens of each perturbed copy [P])
-_CacheEntry = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-_MEMORY_CACHE: dict[str, _CacheEntry] = {}
-_MEMORY_CACHE_MAX = 4096
-# cache folders already reported as unwritable in this process (warn once each)
-_UNWRITABLE_WARNED: set[str] = set()
-
-
-def default_cache_dir() -> Path:
-    """``$NOISEPROBE_CACHE``, else ``$XDG_CACHE_HOME/lightning_noiseprobe``, else ``~/.cache/lightning_noiseprobe``."""
-    if os.environ.get("NOISEPROBE_CACHE"):
-        return Path(os.environ["NOISEPROBE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lightning_noiseprobe" / "tokens"
 
 
 def find_audio_files(
@@ -206,154 +194,6 @@ class ProbeSet:
         return torch.arange(T) < self.num_tokens.unsqueeze(-1)
 
 
-def _cache_key(audio_hash: str, spec: ProbeSpec, backend: ProbeBackend, codec_hash: str) -> str:
-    return hash_json(
-        {
-            "audio": audio_hash,
-            "spec": spec.tokenization_key(),
-            "codec": codec_hash,
-            "sample_rate": backend.sample_rate,
-            "channels": backend.channels,
-            "frame_rate": backend.frame_rate,
-            "format": 3,  # 2: entries carry a checksum; 3: and each copy's token count
-        }
-    )
-
-
-@dataclass(frozen=True)
-class _EntryLayout:
-    """What a cache entry of one clip must look like."""
-
-    codebooks: int
-    cardinality: int
-    perturbations: int
-    min_frames: int  # the codec gives floor or ceil(samples / hop) frames
-    max_frames: int
-
-
-def _entry_checksum(clean: torch.Tensor, perturbed: torch.Tensor, tokens: torch.Tensor) -> str:
-    """SHA-256 over both code tensors and the copies' token counts (dtype, shape and bytes)."""
-    h = hashlib.sha256()
-    hash_tensor(clean, h)
-    hash_tensor(perturbed, h)
-    return hash_tensor(tokens, h)
-
-
-def _entry_problem(data: Any, layout: _EntryLayout) -> str | None:
-    """What is wrong with a loaded cache entry, or ``None`` if it is valid."""
-    needed = {"clean", "perturbed", "tokens", "checksum"}
-    if not isinstance(data, dict) or not needed <= data.keys():
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        return f"expected a dict with {sorted(needed)} but got {found}"
-    clean, perturbed, tokens = data["clean"], data["perturbed"], data["tokens"]
-    for name, t in (("clean", clean), ("perturbed", perturbed), ("tokens", tokens)):
-        if not isinstance(t, torch.Tensor) or t.dtype != torch.long:
-            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-            return f"expected '{name}' codes of dtype torch.int64 but got {got}"
-    K, P = layout.codebooks, layout.perturbations
-    if clean.dim() != 2 or clean.shape[0] != K:
-        return f"expected 'clean' codes of shape [{K}, T] but got {tuple(clean.shape)}"
-    T = clean.shape[1]
-    if not layout.min_frames <= T <= layout.max_frames:
-        return (
-            f"expected {layout.min_frames} to {layout.max_frames} frames for this clip "
-            f"but 'clean' has {T}"
-        )
-    if tuple(perturbed.shape) != (P, K, T):
-        return f"expected 'perturbed' codes of shape {(P, K, T)} but got {tuple(perturbed.shape)}"
-    if tuple(tokens.shape) != (P,) or (P and not 1 <= int(tokens.min()) <= int(tokens.max()) <= T):
-        return (
-            f"expected 'tokens' of shape ({P},) with values in [1, {T}] but got {tokens.tolist()}"
-        )
-    for name, t in (("clean", clean), ("perturbed", perturbed)):
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= layout.cardinality):
-            return (
-                f"expected '{name}' codes in [0, {layout.cardinality}) but found "
-                f"{int(t.min())} to {int(t.max())}"
-            )
-    if data["checksum"] != _entry_checksum(clean, perturbed, tokens):
-        return "the checksum does not match the codes (the file was changed or damaged)"
-    return None
-
-
-def _load_cached(cache_dir: Path | None, key: str, layout: _EntryLayout) -> _CacheEntry | None:
-    if key in _MEMORY_CACHE:
-        return _MEMORY_CACHE[key]
-    if cache_dir is None:
-        return None
-    path = cache_dir / f"{key}.pt"
-    if not path.is_file():
-        return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt cache file is rebuilt, never trusted
-        log.warning(
-            "Ignoring unreadable probe cache file '%s' (%s: %s); it will be rebuilt.",
-            path,
-            type(err).__name__,
-            err,
-        )
-        return None
-    problem = _entry_problem(data, layout)
-    if problem is not None:
-        log.warning(
-            "Ignoring invalid probe cache file '%s': %s; it will be rebuilt.", path, problem
-        )
-        return None
-    entry = (data["clean"], data["perturbed"], data["tokens"])
-    _remember(key, entry)
-    return entry
-
-
-def _remember(key: str, entry: _CacheEntry) -> None:
-    if len(_MEMORY_CACHE) >= _MEMORY_CACHE_MAX:
-        _MEMORY_CACHE.pop(next(iter(_MEMORY_CACHE)))
-    _MEMORY_CACHE[key] = entry
-
-
-def _store_cached(cache_dir: Path | None, key: str, entry: _CacheEntry) -> bool:
-    """Remember ``entry`` and write it to ``cache_dir`` atomically.
-
-    Returns ``False`` if the folder cannot be written (reported once per folder
-    and process); the caller then stops writing to it.
-    """
-    _remember(key, entry)
-    if cache_dir is None:
-        return True
-    from lightning_noiseprobe._io import atomic_path
-
-    clean, perturbed, tokens = entry
-    try:
-        with atomic_path(cache_dir / f"{key}.pt") as tmp:
-            torch.save(
-                {
-                    "clean": clean,
-                    "perturbed": perturbed,
-                    "tokens": tokens,
-                    "checksum": _entry_checksum(clean, perturbed, tokens),
-                },
-                tmp,
-            )
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
-        if str(cache_dir) not in _UNWRITABLE_WARNED:
-            _UNWRITABLE_WARNED.add(str(cache_dir))
-            log.warning(
-                "Cannot write the probe token cache folder '%s' (%s: %s); running without "
-                "writing to it (probe sets are encoded again in each run). Pass another "
-                "cache folder (`cache_dir`, `--cache-dir`, $NOISEPROBE_CACHE) or 'none'.",
-                cache_dir,
-                type(err).__name__,
-                err,
-            )
-        return False
-    return True
-
-
-def clear_memory_cache() -> None:
-    """Forget the in-process tokenization cache (the disk cache stays)."""
-    _MEMORY_CACHE.clear()
-
-
 def perturb_clip(
     wav: torch.Tensor,
     sr: int,
@@ -362,78 +202,14 @@ def perturb_clip(
     pert: Perturbation,
     audio_hash: str,
 ) -> torch.Tensor:
-    """Apply one perturbation of ``spec`` to a clip ``[C, S]`` at rate ``sr``, with the seed the probe set uses.
+    """Apply one perturbation of ``spec`` to a clip ``[C, S]`` at rate ``sr``, with the seed the
+    probe set uses: :meth:`ProbeSpec.perturb <lightning_noiseprobe.probe.spec.ProbeSpec.perturb>`
+    with the clip's audio hash as its identity.
 
-    Windows are in tokens of ``frame_rate`` and map to samples at ``sr``
-    (:func:`~lightning_noiseprobe.perturbations.inject.token_window_to_samples`), so
-    the same call works on a file's own audio (``inject_at="source"``) and on the
-    model's. The seed depends on the spec's seed, the clip's audio hash and the
-    perturbation only (for nested noise: its colour and onset, not its length), so
-    any process can recreate the exact perturbed audio.
+    Windows are in tokens of ``frame_rate`` and map to samples at ``sr``, so the same
+    call works on a file's own audio (``inject_at="source"``) and on the model's.
     """
-    from lightning_noiseprobe.perturbations import (
-        bandstop_window,
-        delete_window,
-        inject_noise,
-        reorder_segments,
-        shuffle_segments,
-    )
-
-    nest = spec.nest_length(pert)
-    if nest is not None:  # one draw per clip, colour and onset, shared by every length
-        seed = derive_seed(spec.seed, audio_hash, f"noise:{pert.noise}:{pert.onset}:nested")
-    else:
-        seed = derive_seed(spec.seed, audio_hash, pert.key)
-    onset, length = pert.onset, pert.length
-    if pert.kind == "noise":
-        return inject_noise(
-            wav,
-            sr,
-            onset=onset,
-            length=length,
-            frame_rate=frame_rate,
-            noise=pert.noise,
-            level_dbfs=spec.level_dbfs,
-            level_db_rel=spec.level_db_rel,
-            mode=spec.mode,
-            seed=seed,
-            nest_length=nest,
-        )
-    if pert.kind == "shuffle":
-        return shuffle_segments(
-            wav,
-            sr,
-            onset=onset,
-            length=length,
-            segment=pert.segment,
-            frame_rate=frame_rate,
-            seed=seed,
-        )[0]
-    if pert.kind == "delete":
-        return delete_window(wav, sr, onset=onset, length=length, frame_rate=frame_rate)
-    if pert.kind == "reorder":
-        lo, hi = pert.segment_range
-        return reorder_segments(
-            wav,
-            sr,
-            onset=onset,
-            length=length,
-            min_segment=lo,
-            max_segment=hi,
-            frame_rate=frame_rate,
-            seed=seed,
-        )[0]
-    if pert.kind == "bandstop":
-        return bandstop_window(
-            wav,
-            sr,
-            onset=onset,
-            length=length,
-            low_hz=pert.band[0],
-            high_hz=pert.band[1],
-            frame_rate=frame_rate,
-        )
-    raise NoiseProbeError(f"Expected a known perturbation kind but got {pert.kind!r}.")
+    return spec.perturb(wav, sr, frame_rate, pert, audio_hash)
 
 
 @dataclass
@@ -504,6 +280,37 @@ def prepare_clip(
     audio_hash = hash_json({"audio": hash_tensor(base), "sample_rate": int(wav_sr)})
     return PreparedClip(
         spec, clean, base, int(wav_sr), audio_hash, sample_rate, channels, frame_rate
+    )
+
+
+def load_prepared(
+    source: str | os.PathLike[str] | tuple[torch.Tensor, int],
+    spec: ProbeSpec,
+    *,
+    sample_rate: int,
+    channels: int,
+    frame_rate: float,
+    name: str | None = None,
+) -> PreparedClip:
+    """Load a clip (a file, or ``(wav [C, S], sr)``), check it and :func:`prepare_clip` it: the
+    one load-convert-crop sequence of probe-set building and of the callback's audio examples.
+
+    Raises:
+        NoiseProbeError: for empty, non-finite or wrongly shaped audio (naming the clip).
+    """
+    from lightning_noiseprobe.audio import load_audio
+
+    if isinstance(source, tuple):
+        wav, wav_sr = source
+    else:
+        wav, wav_sr = load_audio(source)
+    name = name if name is not None else str(source if not isinstance(source, tuple) else "clip")
+    if wav.ndim != 2 or wav.shape[-1] == 0 or not torch.isfinite(wav).all():
+        raise NoiseProbeError(
+            f"Expected finite, non-empty audio of shape [C, S] for '{name}' but got shape {tuple(wav.shape)}."
+        )
+    return prepare_clip(
+        wav, wav_sr, spec, sample_rate=sample_rate, channels=channels, frame_rate=frame_rate
     )
 
 
@@ -609,8 +416,6 @@ def build_probe_set(
     Returns:
         :class:`ProbeSet`.
     """
-    from lightning_noiseprobe.audio import load_audio
-
     spec = spec or ProbeSpec()
     perts = spec.perturbations()
     cache = Path(cache_dir) if cache_dir is not None else None
@@ -636,15 +441,13 @@ def build_probe_set(
     encoded = 0
     for name, path, wav, wav_sr, description, conditioning in iterator:
         try:
-            if path is not None:
-                wav, wav_sr = load_audio(path)
-            assert wav is not None and wav_sr is not None
-            if wav.ndim != 2 or wav.shape[-1] == 0 or not torch.isfinite(wav).all():
-                raise NoiseProbeError(
-                    f"Expected finite, non-empty audio of shape [C, S] for '{name}' but got shape {tuple(wav.shape)}."
-                )
-            prepared = prepare_clip(
-                wav, wav_sr, spec, sample_rate=sr, channels=backend.channels, frame_rate=frame_rate
+            prepared = load_prepared(
+                path if path is not None else (wav, wav_sr),  # type: ignore[arg-type]
+                spec,
+                sample_rate=sr,
+                channels=backend.channels,
+                frame_rate=frame_rate,
+                name=name,
             )
             num_samples = prepared.clean.shape[-1]
             tokens_available = int(num_samples * frame_rate // sr)

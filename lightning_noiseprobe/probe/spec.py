@@ -4,16 +4,42 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from lightning_noiseprobe._errors import NoiseProbeError
-from lightning_noiseprobe._hashing import hash_json
+from lightning_noiseprobe._hashing import derive_seed, hash_json
 
-__all__ = ["INJECT_AT", "PAPER_LENGTHS", "PERTURBATION_KINDS", "Perturbation", "ProbeSpec"]
+if TYPE_CHECKING:
+    import torch
 
+__all__ = [
+    "DEFAULT_CLIP_SECONDS",
+    "DEFAULT_LEVEL_DBFS",
+    "DEFAULT_MODE",
+    "DEFAULT_NOISES",
+    "DEFAULT_ONSET",
+    "INJECT_AT",
+    "PAPER_LENGTHS",
+    "PERTURBATION_KINDS",
+    "Perturbation",
+    "ProbeSpec",
+]
+
+# The paper's protocol, written once: ProbeSpec's defaults, and the defaults of the
+# callback, the engine and the perturbation functions.
+#: Injection onset in tokens (5 s at 50 Hz).
+DEFAULT_ONSET = 250
 #: Injection lengths of the paper's protocol, in tokens (0.1 ... 4.0 s at 50 Hz).
 PAPER_LENGTHS = (5, 10, 50, 100, 150, 200)
+#: Noise colours.
+DEFAULT_NOISES = ("white",)
+#: Noise RMS per channel, in dBFS.
+DEFAULT_LEVEL_DBFS = -30.0
+#: Noise replaces the window (paper Eq. 2); ``"add"`` adds it.
+DEFAULT_MODE = "replace"
+#: Clips are cropped to this duration, in seconds.
+DEFAULT_CLIP_SECONDS = 15.0
 
 
 #: Perturbation kinds: noise injection, segment shuffling, token deletion,
@@ -27,12 +53,26 @@ INJECT_AT = ("source", "model")
 
 @dataclass(frozen=True)
 class Perturbation:
-    """One perturbation of a clip.
+    """One perturbation of a clip: the one model of a perturbation, with the one seed recipe
+    (:meth:`seed`) and the one way to apply it (:meth:`apply`).
 
     ``group`` names the family it is aggregated in: the noise colour,
     ``shuffle<segment>``, ``delete``, ``reorder<min>-<max>`` or ``bandstop<low>-<high>``.
     ``length`` is the window in tokens; for ``delete`` it is the number of tokens
-    removed at ``onset``.
+    removed at ``onset``. A :class:`ProbeSpec` lists its perturbations
+    (:meth:`ProbeSpec.perturbations`) and applies them with its level, mode and seed
+    (:meth:`ProbeSpec.perturb`); the fields themselves are validated there.
+
+    Example:
+        >>> import torch
+        >>> pert = Perturbation("noise", onset=25, length=10, noise="pink")
+        >>> clip = torch.zeros(1, 32000)
+        >>> seed = pert.seed(0, "clip.wav")
+        >>> out = pert.apply(clip, 32000, frame_rate=50.0, seed=seed, level_dbfs=-24.0)
+        >>> torch.equal(out, pert.apply(clip, 32000, frame_rate=50.0, seed=seed, level_dbfs=-24.0))
+        True
+        >>> bool(out[:, :16000].eq(0).all()), bool(out[:, 16000:22400].ne(0).all())
+        (True, True)
     """
 
     kind: str  # one of PERTURBATION_KINDS
@@ -42,6 +82,12 @@ class Perturbation:
     segment: int = 0
     segment_range: tuple[int, int] = (0, 0)
     band: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PERTURBATION_KINDS:
+            raise NoiseProbeError(
+                f"Expected a perturbation kind in {list(PERTURBATION_KINDS)} but got {self.kind!r}."
+            )
 
     @property
     def group(self) -> str:
@@ -79,6 +125,86 @@ class Perturbation:
         """The clean tokens it needs: ``onset + length``; for a deletion ``onset + 2 * length``
         (the removed tokens, then as many after the cut for the analysis window)."""
         return self.onset + self.length + self.removed
+
+    def seed(self, base_seed: int, clip_id: str, *, nested: bool = False) -> int:
+        """The seed of this perturbation of one clip: from the base seed, the clip's identity
+        (its audio hash in a probe set) and :attr:`key`. ``nested`` (noise only): one seed per
+        clip, colour and onset, shared by every length (see ``ProbeSpec.nested_noise``).
+
+        >>> a = Perturbation("noise", 250, 5)
+        >>> a.seed(0, "x") != Perturbation("noise", 250, 10).seed(0, "x")
+        True
+        >>> a.seed(0, "x", nested=True) == Perturbation("noise", 250, 10).seed(0, "x", nested=True)
+        True
+        """
+        if nested and self.kind == "noise":
+            return derive_seed(base_seed, clip_id, f"noise:{self.noise}:{self.onset}:nested")
+        return derive_seed(base_seed, clip_id, self.key)
+
+    def apply(
+        self,
+        wav: torch.Tensor,
+        sample_rate: int,
+        *,
+        frame_rate: float = 50.0,
+        seed: int = 0,
+        level_dbfs: float = DEFAULT_LEVEL_DBFS,
+        level_db_rel: float | None = None,
+        mode: str = DEFAULT_MODE,
+        nest_length: int | None = None,
+    ) -> torch.Tensor:
+        """Apply to ``wav`` (``[C, S]`` at ``sample_rate``); windows are tokens of ``frame_rate``
+        mapped to samples (:func:`~lightning_noiseprobe.perturbations.inject.token_window_to_samples`).
+
+        ``level_dbfs``, ``level_db_rel``, ``mode`` and ``nest_length`` concern noise only
+        (see :func:`~lightning_noiseprobe.perturbations.inject.inject_noise`); deletions and
+        band-stops use no seed. Returns a new tensor (shorter for a deletion).
+        """
+        from lightning_noiseprobe import perturbations as P
+
+        onset, length, rate = self.onset, self.length, frame_rate
+        if self.kind == "noise":
+            return P.inject_noise(
+                wav,
+                sample_rate,
+                onset=onset,
+                length=length,
+                frame_rate=rate,
+                noise=self.noise,
+                level_dbfs=level_dbfs,
+                level_db_rel=level_db_rel,
+                mode=mode,
+                seed=seed,
+                nest_length=nest_length,
+            )
+        if self.kind == "shuffle":
+            return P.shuffle_segments(
+                wav,
+                sample_rate,
+                onset=onset,
+                length=length,
+                segment=self.segment,
+                frame_rate=rate,
+                seed=seed,
+            )[0]
+        if self.kind == "delete":
+            return P.delete_window(wav, sample_rate, onset=onset, length=length, frame_rate=rate)
+        if self.kind == "reorder":
+            lo, hi = self.segment_range
+            return P.reorder_segments(
+                wav,
+                sample_rate,
+                onset=onset,
+                length=length,
+                min_segment=lo,
+                max_segment=hi,
+                frame_rate=rate,
+                seed=seed,
+            )[0]
+        low, high = self.band  # bandstop
+        return P.bandstop_window(
+            wav, sample_rate, onset=onset, length=length, low_hz=low, high_hz=high, frame_rate=rate
+        )
 
 
 @dataclass(frozen=True)
@@ -139,15 +265,15 @@ class ProbeSpec:
         350
     """
 
-    onset: int = 250
+    onset: int = DEFAULT_ONSET
     lengths: tuple[int, ...] = PAPER_LENGTHS
-    noises: tuple[str, ...] = ("white",)
-    level_dbfs: float = -30.0
+    noises: tuple[str, ...] = DEFAULT_NOISES
+    level_dbfs: float = DEFAULT_LEVEL_DBFS
     level_db_rel: float | None = None
-    mode: str = "replace"
+    mode: str = DEFAULT_MODE
     shuffle_segments: tuple[int, ...] = field(default=())
     shuffle_length: int = 200
-    clip_seconds: float = 15.0
+    clip_seconds: float = DEFAULT_CLIP_SECONDS
     seed: int = 0
     smoothing: int = 5
     margin: int = 5
@@ -308,6 +434,81 @@ class ProbeSpec:
             for n in self.bandstop_lengths
         ]
         return out
+
+    @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """``{field: default}`` of every field, in declaration order (the per-field keyword
+        arguments of :class:`~lightning_noiseprobe.callback.NoiseProbeCallback` and
+        :class:`~lightning_noiseprobe.probe.engine.NoiseProber`)."""
+        return {f.name: f.default for f in fields(cls)}
+
+    @classmethod
+    def resolve(cls, spec: ProbeSpec | None = None, **fields: Any) -> ProbeSpec:
+        """The spec of a caller taking either ``spec=`` or per-field arguments.
+
+        ``spec`` is returned as it is when every field argument is at its default
+        (the caller's signature passes them all); a field given a different value too
+        is refused rather than silently ignored. Without ``spec`` the fields build one.
+
+        >>> ProbeSpec.resolve(onset=100).onset
+        100
+        >>> ProbeSpec.resolve(ProbeSpec(onset=100), onset=250).onset  # onset at its default
+        100
+        >>> ProbeSpec.resolve(ProbeSpec(), onset=100)
+        Traceback (most recent call last):
+        ...
+        lightning_noiseprobe._errors.NoiseProbeError: Pass either spec= or per-field arguments, not both; got spec and onset=100. Put the fields in the spec (dataclasses.replace(spec, ...)).
+        """
+        defaults = cls.field_defaults()
+        unknown = sorted(set(fields) - set(defaults))
+        if unknown:
+            raise NoiseProbeError(
+                f"Expected ProbeSpec fields ({', '.join(defaults)}) but got {', '.join(unknown)}."
+            )
+        if spec is None:
+            return cls(**fields)
+        if not isinstance(spec, ProbeSpec):
+            raise NoiseProbeError(
+                f"Expected argument `spec` to be a ProbeSpec or None but got {type(spec).__name__}."
+            )
+
+        def norm(v: Any) -> Any:
+            return tuple(v) if isinstance(v, list) else v
+
+        changed = [f"{k}={v!r}" for k, v in fields.items() if norm(v) != norm(defaults[k])]
+        if changed:
+            raise NoiseProbeError(
+                "Pass either spec= or per-field arguments, not both; got spec and"
+                f" {', '.join(changed)}. Put the fields in the spec (dataclasses.replace(spec, ...))."
+            )
+        return spec
+
+    def perturb(
+        self,
+        wav: torch.Tensor,
+        sample_rate: int,
+        frame_rate: float,
+        pert: Perturbation,
+        clip_id: str,
+    ) -> torch.Tensor:
+        """Apply ``pert`` to a clip ``[C, S]`` at ``sample_rate`` with this spec's level, mode,
+        nesting and seed (:meth:`Perturbation.seed` of :attr:`seed` and ``clip_id``).
+
+        The seed depends on the spec's seed, the clip's identity and the perturbation only
+        (for nested noise: its colour and onset, not its length), so any process can
+        recreate the exact perturbed audio.
+        """
+        nest = self.nest_length(pert)
+        return pert.apply(
+            wav,
+            sample_rate,
+            frame_rate=frame_rate,
+            seed=pert.seed(self.seed, clip_id, nested=nest is not None),
+            level_dbfs=self.level_dbfs,
+            level_db_rel=self.level_db_rel,
+            mode=self.mode,
+            nest_length=nest,
+        )
 
     def nest_length(self, pert: Perturbation) -> int | None:
         """The length the noise of ``pert`` is drawn for: the longest of ``lengths`` when
