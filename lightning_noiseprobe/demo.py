@@ -19,6 +19,8 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
+
 __all__ = ["EpochTable", "TrainingRun", "build_training", "chorale_datamodule", "run_demo"]
 
 TABLE_COLUMNS = (
@@ -231,7 +233,7 @@ def run_demo(
     lr: float = 3e-3,
     seed: int = 0,
     clip_seconds: float = 15.0,
-    onset: int = 250,
+    onset: int = DEFAULT_ONSET,
     lengths: tuple[int, ...] = (5, 10, 50, 100, 150, 200),
 ) -> dict[str, Any]:
     """Run the demo; returns the per-epoch rows, the export folder and the TensorBoard log dir.

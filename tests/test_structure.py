@@ -21,22 +21,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_noiseprobe"
 #: Most lines a module may have.
 MAX_LINES = 700
 
-#: TODO(issue #11): modules other helpers are still splitting; the lead empties this after merging.
-TOO_LONG_FOR_NOW = frozenset(
-    {
-        "cli.py",
-        "callback.py",
-        "functional/curves.py",
-        "data/datamodule.py",
-        "probe/probeset.py",
-    }
-)
-
-#: Modules where not even an import inside a function may close a cycle
-#: (a lazy import is no excuse for two modules needing each other).
-STRICT = ("lightning_noiseprobe.backends", "lightning_noiseprobe.module")
-
-
 def _modules() -> dict[str, Path]:
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -159,13 +143,9 @@ def test_no_import_cycles_at_module_level() -> None:
     assert cycles(import_graph(with_function_level=False)) == []
 
 
-def test_no_import_cycles_through_backends_or_module_even_in_functions() -> None:
-    strict = [
-        component
-        for component in cycles(import_graph(with_function_level=True))
-        if any(m == s or m.startswith(s + ".") for m in component for s in STRICT)
-    ]
-    assert strict == []
+def test_no_import_cycles_even_through_imports_in_functions() -> None:
+    """A lazy import is no excuse for two modules needing each other."""
+    assert cycles(import_graph(with_function_level=True)) == []
 
 
 def test_base_imports_no_concrete_backend() -> None:
@@ -185,6 +165,4 @@ def test_no_module_over_the_line_limit(name: str) -> None:
     path = _modules()[name]
     relative = path.relative_to(PACKAGE).as_posix()
     lines = len(path.read_text(encoding="utf-8").splitlines())
-    if relative in TOO_LONG_FOR_NOW:
-        return
     assert lines <= MAX_LINES, f"{relative} has {lines} lines (at most {MAX_LINES}); split it"

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
 from lightning_noiseprobe._errors import NoiseProbeError
 
 EXIT_USAGE = 2
@@ -101,8 +102,8 @@ def _add_window_args(
     p.add_argument(
         "--onset",
         type=_finite_float("--onset"),
-        default=250,
-        help="window start (default 250 tokens = 5 s at 50 Hz)",
+        default=DEFAULT_ONSET,
+        help=f"window start (default {DEFAULT_ONSET} tokens = {DEFAULT_ONSET / 50:g} s at 50 Hz)",
     )
     p.add_argument(
         "--length",

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.cli._common import (
     _check_outputs,
@@ -95,7 +96,12 @@ def add_analyze_parser(sub: Any) -> None:
         help="loss column of both CSVs: a name, or a 1-based number; comma-separated"
         " columns are averaged per row (default: chosen by the rules above)",
     )
-    p.add_argument("--onset", type=int, default=250, help="injection onset token (default 250)")
+    p.add_argument(
+        "--onset",
+        type=int,
+        default=DEFAULT_ONSET,
+        help="injection onset token (default %(default)s)",
+    )
     p.add_argument(
         "--length",
         type=_positive_int("--length"),

@@ -17,6 +17,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
 from lightning_noiseprobe.cli._common import (
     _finite_float,
     _int_list,
@@ -59,7 +60,7 @@ def _lengths(flag: str) -> Callable[[str], tuple[int, ...]]:
 
 #: One entry per ``ProbeSpec`` field, in the order of ``noiseprobe probe --help``.
 SPEC_FLAGS: dict[str, SpecFlag] = {
-    "onset": SpecFlag("injection onset token (default 250)", parse=_positive_int),
+    "onset": SpecFlag(f"injection onset token (default {DEFAULT_ONSET})", parse=_positive_int),
     "lengths": SpecFlag(
         "injection lengths in tokens (default 5,10,50,100,150,200; 'none' for no noise)",
         parse=_lengths,

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import torch
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.perturbations.inject import (
     _check_real,
@@ -15,7 +16,6 @@ from lightning_noiseprobe.perturbations.inject import (
     _check_waveform,
     _window,
 )
-from lightning_noiseprobe.probe.spec import DEFAULT_ONSET
 
 __all__ = ["bandstop_bins", "bandstop_window"]
 

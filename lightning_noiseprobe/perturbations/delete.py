@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
 from lightning_noiseprobe.perturbations.inject import (
     _check_sample_rate,
     _check_waveform,
     _window,
 )
-from lightning_noiseprobe.probe.spec import DEFAULT_ONSET
 
 __all__ = ["delete_window"]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from lightning_noiseprobe._defaults import DEFAULT_LEVEL_DBFS, DEFAULT_MODE, DEFAULT_ONSET
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.perturbations.noise import check_noise_color, colored_noise
-from lightning_noiseprobe.probe.spec import DEFAULT_LEVEL_DBFS, DEFAULT_MODE, DEFAULT_ONSET
 
 __all__ = [
     "INJECTION_MODES",

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.perturbations.inject import (
     _check_real,
@@ -23,7 +24,6 @@ from lightning_noiseprobe.perturbations.shuffle import (
     _permute_spans,
     _token_edges,
 )
-from lightning_noiseprobe.probe.spec import DEFAULT_ONSET
 
 __all__ = ["random_segment_lengths", "reorder_segments"]
 

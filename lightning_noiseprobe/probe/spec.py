@@ -7,6 +7,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from lightning_noiseprobe._defaults import (  # re-exported: the spec's defaults
+    DEFAULT_CLIP_SECONDS,
+    DEFAULT_LEVEL_DBFS,
+    DEFAULT_MODE,
+    DEFAULT_NOISES,
+    DEFAULT_ONSET,
+    PAPER_LENGTHS,
+)
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe._hashing import derive_seed, hash_json
 
@@ -25,22 +33,6 @@ __all__ = [
     "Perturbation",
     "ProbeSpec",
 ]
-
-# The paper's protocol, written once: ProbeSpec's defaults, and the defaults of the
-# callback, the engine and the perturbation functions.
-#: Injection onset in tokens (5 s at 50 Hz).
-DEFAULT_ONSET = 250
-#: Injection lengths of the paper's protocol, in tokens (0.1 ... 4.0 s at 50 Hz).
-PAPER_LENGTHS = (5, 10, 50, 100, 150, 200)
-#: Noise colours.
-DEFAULT_NOISES = ("white",)
-#: Noise RMS per channel, in dBFS.
-DEFAULT_LEVEL_DBFS = -30.0
-#: Noise replaces the window (paper Eq. 2); ``"add"`` adds it.
-DEFAULT_MODE = "replace"
-#: Clips are cropped to this duration, in seconds.
-DEFAULT_CLIP_SECONDS = 15.0
-
 
 #: Perturbation kinds: noise injection, segment shuffling, token deletion,
 #: random variable-length reordering, frequency-band deletion.

@@ -39,10 +39,12 @@ def check_positive_numbers(**values: Any) -> None:
             raise NoiseProbeError(f"Expected {flag} to be a positive number but got {value!r}.")
 
 
+#: Token rate of MusicGen's codec and the tiny model's (the bursts and probe windows are placed at it).
+FRAME_RATE = 50.0
+
+
 def check_probe_window(onset: int, lengths: Sequence[int], clip_seconds: float) -> None:
     """Refuse probe injections that end past the clip (the probe would skip every clip)."""
-    from lightning_noiseprobe.study.data import FRAME_RATE
-
     tokens = math.floor(clip_seconds * FRAME_RATE)
     if onset + max(lengths) > tokens:
         raise NoiseProbeError(

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
+
 __all__ = ["add_study_parser"]
 
 
@@ -70,8 +72,8 @@ def _shared_args(p: argparse.ArgumentParser, positive: Callable[[str], Any], num
     p.add_argument(
         "--onset",
         type=positive("--onset"),
-        default=250,
-        help="probe injection onset token (default 250)",
+        default=DEFAULT_ONSET,
+        help="probe injection onset token (default %(default)s)",
     )
     p.add_argument(
         "--lengths",

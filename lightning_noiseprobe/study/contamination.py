@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.probe.spec import PAPER_LENGTHS
 from lightning_noiseprobe.study.stats import STUDY_METRICS, level_key, summarize_runs
@@ -84,7 +85,7 @@ def run_contamination_study(
     clip_seconds: float = 15.0,
     batch_size: int = 4,
     lr: float = 3e-3,
-    onset: int = 250,
+    onset: int = DEFAULT_ONSET,
     lengths: Sequence[int] = PAPER_LENGTHS,
     data_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,

@@ -30,6 +30,12 @@ import numpy as np
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe._hashing import derive_seed
+from lightning_noiseprobe.study._common import (
+    FRAME_RATE,
+    check_out_dir,
+    check_positive_numbers,
+    check_probe_window,
+)
 
 __all__ = [
     "BURST_LEVEL_DBFS",
@@ -46,8 +52,6 @@ __all__ = [
 BURST_TOKENS = (50, 150)
 #: RMS of each burst.
 BURST_LEVEL_DBFS = -30.0
-#: Token rate the bursts are placed at (MusicGen's and the tiny model's codec).
-FRAME_RATE = 50.0
 _MARKER = "contamination.json"
 _VERSION = 1
 
@@ -138,12 +142,6 @@ def start_study(
     """What both studies do first: check the shared settings and the output folder, say
     what will run, and render (or reuse) the clean chorale splits (``DIR/chorales`` unless
     ``data_dir``). Returns the output folder and the splits."""
-    from lightning_noiseprobe.study._common import (
-        check_out_dir,
-        check_positive_numbers,
-        check_probe_window,
-    )
-
     check_positive_numbers(lr=lr, clip_seconds=clip_seconds)
     check_probe_window(onset, lengths, clip_seconds)
     folder = check_out_dir(out)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_noiseprobe._defaults import DEFAULT_ONSET
 from lightning_noiseprobe.probe.result import SUMMARY_METRICS
 from lightning_noiseprobe.probe.spec import PAPER_LENGTHS
 
@@ -44,7 +45,7 @@ class RunSettings:
     batch_size: int = 4
     clip_seconds: float = 15.0
     segment_seconds: float = 10.0
-    onset: int = 250
+    onset: int = DEFAULT_ONSET
     lengths: tuple[int, ...] = PAPER_LENGTHS
 
 
