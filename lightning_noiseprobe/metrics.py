@@ -40,6 +40,7 @@ from lightning_noiseprobe.functional.curves import (
     check_region_settings,
     codebook_average,
 )
+from lightning_noiseprobe.probe.shards import clip_shard  # re-exported: the one clip assignment
 
 __all__ = ["PeakShape", "clip_shard", "gather_clips"]
 
@@ -263,20 +264,6 @@ class PeakShape(Metric):
             summary = summarize(items, dim_zero_cat(self.length).cpu())
         summary.update({name: float(getattr(self, name)) for name in EMPTY_COUNT_NAMES})
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in summary.items()}
-
-
-def clip_shard(num_clips: int, world_size: int, rank: int) -> list[int]:
-    """The clips rank ``rank`` of ``world_size`` handles: ``rank, rank + world_size, ...``.
-
-    Example:
-        >>> clip_shard(5, 2, 0), clip_shard(5, 2, 1)
-        ([0, 2, 4], [1, 3])
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise NoiseProbeError(
-            f"Expected 0 <= `rank` < `world_size` but got rank={rank}, world_size={world_size}."
-        )
-    return list(range(rank, num_clips, world_size))
 
 
 def gather_clips(local: torch.Tensor, num_clips: int, *, group: Any = None) -> torch.Tensor:

@@ -327,6 +327,6 @@ def test_a_spec_field_without_a_flag_is_refused(monkeypatch):
 )
 def test_probe_spec_flags_errors_name_the_flag(tmp_path, capsys, argv, message):
     clip = write_audio(tmp_path / "c.wav", 32000, 1, seconds=1.0)
-    code, out, err = _run(["probe", "--audio", clip, "--out", tmp_path / "o", *argv], capsys)
+    code, _out, err = _run(["probe", "--audio", clip, "--out", tmp_path / "o", *argv], capsys)
     assert code == 2 and message in err, err
     assert not (tmp_path / "o").exists()

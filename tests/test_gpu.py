@@ -96,7 +96,7 @@ def test_mixed_precision_probe_in_a_cuda_trainer(precision, tmp_path):
     """The probe runs under the Trainer's autocast on CUDA, every epoch, and its metrics
     stay within the bf16 bounds of an fp32 CPU probe of the same trained weights; the
     codec stays fp32 and on the module's device."""
-    trainer, module, probe, folder = _fit(tmp_path, precision)
+    _, module, probe, folder = _fit(tmp_path, precision)
     assert module.device.type == "cuda"
     assert all(p.dtype == torch.float32 for p in module.codec.parameters())
     assert all(p.device.type == "cuda" for p in module.codec.parameters())

@@ -268,6 +268,7 @@ class NoiseProber:
             all_gather: ``tensor -> [W, *shape]`` over ranks (default ``torch.distributed``).
         """
         from lightning_noiseprobe.probe.runner import result_from_nll, score_nll, score_probe_set
+        from lightning_noiseprobe.probe.shards import padded_shard, unpad_index
 
         if device is None:
             device = next(backend.lm.parameters()).device
@@ -279,12 +280,11 @@ class NoiseProber:
             )
         gather = all_gather or torch_all_gather
         N = len(ps)
-        own = [rank + world_size * i for i in range(-(-N // world_size))]
         error: BaseException | None = None
         try:
             nll, mask = score_nll(
                 backend,
-                ps.subset([j if j < N else 0 for j in own]),
+                ps.subset(padded_shard(N, world_size, rank)),
                 batch_size=self.batch_size,
                 device=device,
                 forward_context=ctx,
@@ -299,8 +299,7 @@ class NoiseProber:
             raise RuntimeError(f"the probe failed on rank(s) {failed}; skipped on every rank")
         all_nll = gather(nll.to(device)).cpu()  # [W, per_rank, 1 + P, K, T]
         all_mask = gather(mask.to(device, torch.uint8)).cpu().bool()
-        ranks = [j % world_size for j in range(N)]
-        slots = [j // world_size for j in range(N)]
+        ranks, slots = unpad_index(N, world_size)
         return result_from_nll(backend, ps, all_nll[ranks, slots], all_mask[ranks, slots])
 
     def run(
