@@ -86,7 +86,9 @@ def _check(probe, reference, precision):
     entry = probe.history[-1]
     for name, bound in BOUNDS.items():
         diff = abs(entry[name] - reference.summary[name])
-        print(f"{precision} {name}: cuda {entry[name]:.5f} fp32 cpu {reference.summary[name]:.5f} |diff| {diff:.5f}")
+        print(
+            f"{precision} {name}: cuda {entry[name]:.5f} fp32 cpu {reference.summary[name]:.5f} |diff| {diff:.5f}"
+        )
         assert diff < bound, name
     assert entry["clean_loss"] != reference.summary["clean_loss"]  # it really ran in low precision
 

@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_noiseprobe"
 #: Most lines a module may have.
 MAX_LINES = 700
 
+
 def _modules() -> dict[str, Path]:
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
