@@ -147,6 +147,7 @@ class ProbeSet:
     skipped: list[dict[str, str]] = field(default_factory=list)
     encoded_clips: int = 0  #: how many clips needed the codec (0 = all from cache)
     perturbed_tokens: torch.Tensor | None = None
+    _first: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -166,6 +167,35 @@ class ProbeSet:
         """``[N, P, T]`` bool: tokens inside each perturbed copy."""
         T = self.clean_codes.shape[-1]
         return torch.arange(T) < self.perturbed_num_tokens.unsqueeze(-1)
+
+    def first_differences(self) -> torch.Tensor:
+        """``[N, P]`` first token where each copy's codes differ from its clean clip's, on the
+        copy's timeline (a deletion is compared with the clean codes re-indexed past the cut);
+        ``T`` where none differs. Computed once: the analysis takes the perturbation's true
+        start from it, and the scorer its shared prefix (:meth:`shared_prefix_tokens`)."""
+        if self._first is None:
+            from lightning_noiseprobe.functional.align import align_deleted
+            from lightning_noiseprobe.functional.curves import first_differing_token
+
+            N, P = len(self.clips), len(self.perturbations)
+            onsets = torch.tensor([q.onset for q in self.perturbations]).expand(N, P)
+            removed = torch.tensor([q.removed for q in self.perturbations]).expand(N, P)
+            clean, _ = align_deleted(
+                self.clean_codes[:, None].expand_as(self.perturbed_codes),
+                onsets[..., None],
+                removed[..., None],
+            )
+            self._first = first_differing_token(clean, self.perturbed_codes)
+        return self._first
+
+    def shared_prefix_tokens(self) -> torch.Tensor:
+        """``[N, P]`` tokens each copy shares with its clean clip, as the clean clip's own
+        timeline sees them: :meth:`first_differences`, capped at a deletion's onset (past the
+        cut the timelines part). What prefix sharing and skipped prefix heads start from."""
+        cut = torch.tensor(
+            [q.onset if q.removed else self.clean_codes.shape[-1] for q in self.perturbations]
+        )
+        return torch.minimum(self.first_differences(), cut)
 
     def subset(self, indices: list[int]) -> ProbeSet:
         """The probe set restricted to the clips at ``indices`` (repeats allowed).

@@ -139,6 +139,7 @@ def score_shared_prefix(
     device: torch.device | str = "cpu",
     forward_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
     progress: Any = None,
+    starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL of clean clips and their perturbed copies, sharing each clip's prefix.
 
@@ -153,6 +154,8 @@ def score_shared_prefix(
         clean: ``[N, K, T]`` codes.
         perturbed: ``[N, P, K, T]`` codes, equal to ``clean`` before their first difference.
         descriptions: one per clip, or ``None``.
+        starts: ``[N, P]`` frames each copy shares with its clean clip (at most its first
+            differing frame); default: computed from the codes.
 
     Returns:
         ``(nll, mask)``, both ``[N, 1 + P, K, T]`` on CPU (index 0 along dim 1: clean).
@@ -163,7 +166,8 @@ def score_shared_prefix(
         )
     N, P, _K, T = perturbed.shape
     clean_cpu, perturbed_cpu = clean.cpu(), perturbed.cpu()
-    starts = first_differing_token(clean_cpu[:, None].expand_as(perturbed_cpu), perturbed_cpu)
+    if starts is None:
+        starts = first_differing_token(clean_cpu[:, None].expand_as(perturbed_cpu), perturbed_cpu)
     shared = starts.amin(-1).tolist() if P else [T] * N  # [N] python ints, before the loop
     group = batch_size  # clips per clean pass; their copies continue in passes of batch_size rows
     nll_out: list[torch.Tensor] = []
@@ -251,6 +255,7 @@ def score_nll(
                 device=device,
                 forward_context=ctx,
                 progress=bar,
+                starts=probe_set.shared_prefix_tokens(),
             )
             nll = torch.cat([nll_rows[:, 0], nll_rows[:, 1:].reshape(N * P, K, T)])
             mask = torch.cat([mask_rows[:, 0], mask_rows[:, 1:].reshape(N * P, K, T)])
@@ -264,11 +269,7 @@ def score_nll(
             # frame t + max delay - 1, and its own target at t. Frames < f - K are
             # taken from the clean score, so their output heads (most of a small
             # model's cost) are skipped. Computed on CPU before the loop: no sync.
-            starts = first_differing_token(
-                probe_set.clean_codes[:, None].expand_as(probe_set.perturbed_codes),
-                probe_set.perturbed_codes,
-            )
-            shared = (starts - K).clamp_min(0).reshape(N * P)
+            shared = (probe_set.shared_prefix_tokens() - K).clamp_min(0).reshape(N * P)
             if not skip_prefix_heads:
                 shared.zero_()
             nll, mask = score_sequences(
@@ -417,19 +418,13 @@ def analyze_from_curves(
         valid = valid[:, None, :].expand(N, P, T)
     onsets, removed = _onsets_removed(probe_set, N)
     lengths = torch.tensor([p.length for p in probe_set.perturbations]).expand(N, P)
-    clean_codes, _ = align_deleted(
-        probe_set.clean_codes[:, None].expand_as(probe_set.perturbed_codes),
-        onsets[..., None],
-        removed[..., None],
-    )
     analysis = analyze_curves(
         clean,
         perturbed,
         onsets,
         lengths,
         valid=valid,
-        clean_codes=clean_codes,
-        perturbed_codes=probe_set.perturbed_codes,
+        first_difference=probe_set.first_differences(),
         smoothing=probe_set.spec.smoothing,
         margin=probe_set.spec.margin,
         regions=probe_set.spec.regions,
