@@ -39,6 +39,7 @@ from lightning_noiseprobe.backends.audiocraft import (
     _outside_inference_mode,
 )
 from lightning_noiseprobe.backends.base import ProbeBackend, register_backend
+from lightning_noiseprobe.backends.transformers_prefix import FastScoringMixin
 
 if TYPE_CHECKING:
     from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
@@ -272,7 +273,7 @@ def delayed_lm_logits(
 
 
 @register_backend("transformers")
-class TransformersBackend(ProbeBackend):
+class TransformersBackend(FastScoringMixin, ProbeBackend):
     """MusicGen through Hugging Face transformers (``MusicgenForConditionalGeneration``).
 
     The constructor only records its arguments; :meth:`load` imports
