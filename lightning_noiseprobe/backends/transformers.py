@@ -6,8 +6,8 @@ Three sources, picked by ``model``:
   mono, 50 Hz, 4 codebooks x 2048, delay pattern ``[0, 1, 2, 3]``, a T5 text
   encoder feeding cross-attention), the same sizes as the audiocraft tiny
   model, built offline from configs and seeded. Its text encoder is a tiny
-  random T5 with the byte-level ``ByT5Tokenizer``, which needs no vocabulary
-  file, so text conditioning works without any download.
+  random T5 with a tiny ``T5TokenizerFast`` built offline (``hf_folder``), so
+  text conditioning works without any download and ``MusicgenProcessor`` accepts it.
 * a local folder written by ``save_pretrained`` (:meth:`TransformersBackend.save`,
   or transformers' own): one ``MusicgenForConditionalGeneration`` (text
   encoder, EnCodec and decoder together), plus the tokenizer files if the
@@ -39,6 +39,11 @@ from lightning_noiseprobe.backends.audiocraft import (
     _outside_inference_mode,
 )
 from lightning_noiseprobe.backends.base import ProbeBackend, register_backend
+from lightning_noiseprobe.backends.hf_folder import (
+    TINY_TEXT_VOCAB_SIZE,
+    save_hf_folder,
+    tiny_t5_tokenizer,
+)
 from lightning_noiseprobe.backends.transformers_prefix import FastScoringMixin
 
 if TYPE_CHECKING:
@@ -85,7 +90,7 @@ def build_tiny_transformers_musicgen(
     codec); its codebooks, zeros in a fresh transformers EnCodec, are drawn
     from its own residual latents of varied synthetic audio (as the audiocraft
     tiny codec), so the codes follow the audio. Text: a 1-layer T5 encoder
-    over bytes (``ByT5Tokenizer``, 384 ids), projected to the decoder width.
+    (384 ids) over a tiny offline ``T5TokenizerFast``, projected to the decoder width.
 
     The same ``seed`` and ``overrides`` give bitwise identical weights; the
     global RNG state is left untouched.
@@ -96,7 +101,7 @@ def build_tiny_transformers_musicgen(
 
     Returns:
         ``(model, tokenizer)``: a ``MusicgenForConditionalGeneration`` and a
-        ``ByT5Tokenizer``.
+        ``T5TokenizerFast``.
 
     Raises:
         NoiseProbeError: on an unknown override.
@@ -107,7 +112,6 @@ def build_tiny_transformers_musicgen(
             f"Expected tiny-model overrides among {sorted(TINY_DEFAULTS)} but got {unknown}."
         )
     from transformers import (
-        ByT5Tokenizer,
         EncodecConfig,
         MusicgenConfig,
         MusicgenDecoderConfig,
@@ -117,9 +121,9 @@ def build_tiny_transformers_musicgen(
 
     v = {**TINY_DEFAULTS, **overrides}
     card, n_q = 2048, 4
-    tokenizer = ByT5Tokenizer()
+    tokenizer = tiny_t5_tokenizer()  # hfspeed hook: a T5 tokenizer, as MusicgenProcessor needs
     text_config = T5Config(
-        vocab_size=len(tokenizer),
+        vocab_size=TINY_TEXT_VOCAB_SIZE,  # the ByT5 size it had: the seeded weights stay the same
         d_model=v["text_dim"],
         d_kv=v["text_dim"] // v["text_heads"],
         d_ff=4 * v["text_dim"],
@@ -159,6 +163,7 @@ def build_tiny_transformers_musicgen(
         activation_dropout=0.0,
         pad_token_id=card,
         bos_token_id=card,
+        decoder_start_token_id=card,  # hfspeed hook: `forward(labels=...)` shifts with it
         tie_word_embeddings=False,
     )
     config = MusicgenConfig.from_sub_models_config(text_config, codec_config, decoder_config)
@@ -489,10 +494,8 @@ class TransformersBackend(FastScoringMixin, ProbeBackend):
             )
         from lightning_noiseprobe._io import atomic_dir
 
-        with atomic_dir(folder) as tmp:
-            model.save_pretrained(tmp)
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(tmp)
+        with atomic_dir(folder) as tmp:  # hfspeed hook: + processor, codec name (hf_folder.py)
+            save_hf_folder(model, self.tokenizer, tmp, str(folder.resolve()))
         return folder
 
     def _require_loaded(self) -> MusicgenForConditionalGeneration:
