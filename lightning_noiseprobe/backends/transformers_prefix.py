@@ -25,7 +25,7 @@ Both give :meth:`TransformersBackend.token_nll`'s values up to float rounding
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -136,7 +136,7 @@ def heads_nll(
     """
     B, L, D = hidden.shape
     K, T = codes.shape[1], codes.shape[2]
-    weight = torch.cat([head.weight for head in heads])  # [K * card, D]
+    weight = torch.cat([cast(torch.Tensor, head.weight) for head in heads])  # [K * card, D]
     biases = [getattr(head, "bias", None) for head in heads]
     bias = None if any(b is None for b in biases) else torch.cat(biases)  # type: ignore[arg-type]
     lo, hi = max(start, first_frame), min(start + L, T)  # positions scoring some frame
