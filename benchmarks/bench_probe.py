@@ -23,6 +23,10 @@ depend on how busy the machine is from run to run.
   ``ChoraleDataModule``, 24 x 15 s chorales, batch 4, 10 s segments) through a
   Lightning ``Trainer``, or, when those classes are missing, the same epoch as a
   manual AdamW loop (the output says which).
+* ``--compare-backends``: the audiocraft and the transformers backends on the
+  same tiny shape and the same clips, interleaved: probe-set building (codec,
+  cache cleared) and scoring (``score_probe_set`` defaults), with the
+  transformers / audiocraft ratios; nothing else runs.
 * growth: probe time and peak memory for 1, 2, 4, ... clips. Peak memory is
   the peak of torch's CPU allocations during the probe, from the torch
   profiler's memory events (``profile_memory=True``), or
@@ -147,6 +151,24 @@ def probe_work(backend: Any, ps: Any, batch_size: int) -> dict[str, Any]:
     }
 
 
+def _print_table(
+    figures: dict[str, Any],
+    rows: list[tuple[str, str]],
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+) -> None:
+    width = max(len(k) for k, _ in rows)
+    title = (
+        f"noise probe benchmark: {figures['model']}, {figures['machine']} ({device}), "
+        f"precision {precision}, batch {batch_size}, torch {torch.__version__}"
+    )
+    print(title)
+    print("-" * len(title))
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
 def _linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     """Least-squares ``y = slope * x + intercept`` and R^2."""
     n = len(xs)
@@ -254,6 +276,94 @@ def _manual_epoch(data_dir: Path, backend: Any, quick: bool) -> tuple[float, str
     return time.perf_counter() - t0, how, steps
 
 
+def compare_backends(
+    files: list[Path],
+    spec: Any,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    repeats: int,
+    tiny_config: dict[str, Any],
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Build and score times of the two backends on the same clips, interleaved; best of ``repeats``.
+
+    Each build clears the in-memory token cache first (no disk cache), so the
+    codec runs every time. Also checks that the transformers backend's default
+    (prefix-sharing) scores equal its full scoring of every position.
+    """
+    from lightning_noiseprobe.backends.audiocraft import AudiocraftBackend
+    from lightning_noiseprobe.backends.transformers import TransformersBackend
+    from lightning_noiseprobe.probe import build_probe_set, score_probe_set
+    from lightning_noiseprobe.probe.probeset import clear_memory_cache
+
+    backends = {
+        "audiocraft": AudiocraftBackend("tiny", device=device, seed=0, tiny_config=tiny_config),
+        "transformers": TransformersBackend("tiny", device=device, seed=0, tiny_config=tiny_config),
+    }
+    for backend in backends.values():
+        backend.load()
+    sets: dict[str, Any] = {}
+
+    def build(name: str) -> Any:
+        clear_memory_cache()
+        sets[name] = build_probe_set(backends[name], files, spec)
+        return sets[name]
+
+    def score(name: str) -> Any:
+        return score_probe_set(
+            backends[name], sets[name], batch_size=batch_size, precision=precision
+        )
+
+    for name in backends:  # warm-up
+        build(name)
+        score(name)
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for name in backends:
+            for what, fn in (("build", build), ("score", score)):
+                t, _ = _timed(lambda fn=fn, name=name: fn(name), device)
+                key = f"{name}_{what}_s"
+                best[key] = min(best.get(key, math.inf), t)
+    hf = sets["transformers"]
+    full = score_probe_set(
+        backends["transformers"],
+        hf,
+        batch_size=batch_size,
+        precision=precision,
+        prefix_sharing=False,
+        skip_prefix_heads=False,
+    )
+    err = (score("transformers").perturbed - full.perturbed).abs().max().item()
+    N, P = hf.perturbed_codes.shape[:2]
+    figures: dict[str, Any] = {
+        **best,
+        "score_ratio": best["transformers_score_s"] / best["audiocraft_score_s"],
+        "build_ratio": best["transformers_build_s"] / best["audiocraft_build_s"],
+        "transformers_prefix_vs_full_max_abs_diff": err,
+        "transformers_prefix_sharing": backends["transformers"].supports_prefix_sharing,
+        "repeats": repeats,
+        "sequences": N * (1 + P),
+    }
+    rows = [
+        ("probe set", f"{N} clips x (1 clean + {P} perturbed) = {N * (1 + P)} sequences"),
+        (
+            "build probe set: audiocraft | transformers",
+            f"{best['audiocraft_build_s']:.2f} s | {best['transformers_build_s']:.2f} s",
+        ),
+        ("build ratio transformers / audiocraft", f"{figures['build_ratio']:.2f}x"),
+        (
+            "score probe set: audiocraft | transformers",
+            f"{best['audiocraft_score_s']:.3f} s | {best['transformers_score_s']:.3f} s",
+        ),
+        (
+            "score ratio transformers / audiocraft",
+            f"{figures['score_ratio']:.2f}x best of {repeats}  "
+            f"(transformers prefix sharing vs full: max |diff| {err:.1e})",
+        ),
+    ]
+    return figures, rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -279,6 +389,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive reference loop")
     parser.add_argument("--skip-epoch", action="store_true", help="skip the training epoch")
     parser.add_argument("--skip-growth", action="store_true", help="skip the growth series (d)")
+    parser.add_argument(
+        "--compare-backends",
+        action="store_true",
+        help="only time audiocraft vs transformers (build and score) on the same clips",
+    )
     parser.add_argument(
         "--repeats",
         type=int,
@@ -318,7 +433,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="noiseprobe_bench_"))
     probe_dir = tmp / "probe"
-    write_chorale_dataset(probe_dir, num_clips=max([*counts, args.clips]), seconds=15)
+    needed = args.clips if args.compare_backends else max([*counts, args.clips])
+    write_chorale_dataset(probe_dir, num_clips=needed, seconds=15)
     all_files = sorted(probe_dir.glob("*.wav"))
     files = all_files[: args.clips]
     figures: dict[str, Any] = {
@@ -332,6 +448,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": args.batch_size,
     }
     rows: list[tuple[str, str]] = []
+    if args.compare_backends:
+        compared, rows = compare_backends(
+            files, spec, device, precision, args.batch_size, repeats, tiny_config
+        )
+        figures.update(compared, model=f"{figures['model']}, audiocraft vs transformers")
+        _print_table(figures, rows, device, precision, args.batch_size)
+        if args.json is not None:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return figures
 
     probe_sets: dict[tuple[str, ...], Any] = {}
 
@@ -490,15 +615,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         rows.append(("    linear fit", f"{slope:.3f} s/clip + {intercept:.3f} s, R^2 = {r2:.4f}"))
 
-    width = max(len(k) for k, _ in rows)
-    title = (
-        f"noise probe benchmark: {figures['model']}, {figures['machine']} ({device}), "
-        f"precision {precision}, batch {args.batch_size}, torch {torch.__version__}"
-    )
-    print(title)
-    print("-" * len(title))
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    _print_table(figures, rows, device, precision, args.batch_size)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
     return figures

@@ -65,3 +65,30 @@ def test_flop_estimate_counts_the_prefix_once(bench, tiny_backend):
     full = work["full_flops"]
     # clean clips in full, then each copy runs 1 position: far below full, above the clean share
     assert full / (1 + P) < shared["flops"] < full / (1 + P) * 1.1
+
+
+def test_compare_backends_prints_both_ratios(bench, tmp_path, capsys):
+    """``--compare-backends``: both backends on the same clips, build and score ratios."""
+    out = tmp_path / "compare.json"
+    argv = ["--quick", "--clips", "1", "--repeats", "1", "--compare-backends", "--json", str(out)]
+    figures = bench.main(argv)
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert "audiocraft vs transformers" in lines[0] and set(lines[1]) == {"-"}
+    for row in (
+        "build probe set: audiocraft | transformers",
+        "build ratio transformers / audiocraft",
+        "score probe set: audiocraft | transformers",
+        "score ratio transformers / audiocraft",
+    ):
+        assert sum(line.startswith(row) for line in lines) == 1, row
+    assert "(a) optimized vs naive" not in printed  # nothing else runs
+    written = json.loads(out.read_text())
+    for what in ("build", "score"):
+        ratio = written[f"transformers_{what}_s"] / written[f"audiocraft_{what}_s"]
+        assert written[f"{what}_ratio"] == pytest.approx(ratio)
+        assert f"{written[f'{what}_ratio']:.2f}x" in printed
+    # the transformers backend shares the prefix, exactly
+    assert figures["transformers_prefix_sharing"] is True
+    assert figures["transformers_prefix_vs_full_max_abs_diff"] < 1e-4
+    assert figures["sequences"] == 1 * (1 + 2)  # quick: 2 lengths

@@ -297,3 +297,84 @@ def test_scoring_only_backend_cannot_give_logits(tiny_backend):
         NotImplementedError, match="_FullOnlyBackend implements neither `lm_logits`"
     ):
         _FullOnlyBackend(tiny_backend).lm_logits(torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+# -- the transformers backend: same fast paths, through its DynamicCache ----------------
+
+
+@pytest.fixture(scope="module")
+def hf_backend():
+    import os
+
+    from lightning_noiseprobe.backends.transformers import TransformersBackend
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return TransformersBackend(model="tiny", seed=0).load()
+
+
+@pytest.fixture(scope="module")
+def hf_text_probe_set(hf_backend, audio_dir):
+    # texts of different lengths: the text attention mask pads the shorter ones
+    descs = ["bach chorale on a slow organ, four voices", None, "piano"]
+    return build_probe_set(hf_backend, audio_dir, SPEC, descriptions=descs)
+
+
+@pytest.mark.parametrize("frames", [1, 37, 120])
+@pytest.mark.parametrize("descriptions", [None, ["a calm piano piece, slow", None]])
+def test_transformers_fast_paths_equal_token_nll(hf_backend, frames, descriptions):
+    """Fused heads and the cache continuation give ``token_nll``'s values (1e-5) and mask,
+    for every shared length, conditional (padded texts) and unconditional, any batch size."""
+    assert hf_backend.supports_prefix_sharing
+    g = torch.Generator().manual_seed(frames)
+    B, P, K = 2, 3, 4
+    codes = torch.randint(0, 2048, (B, K, frames), generator=g)
+    with torch.no_grad():
+        ref, ref_mask = hf_backend.token_nll(codes, descriptions)
+        fast, fast_mask = hf_backend.token_nll_fast(codes, descriptions)
+        assert torch.equal(fast_mask, ref_mask)
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+        late, _ = hf_backend.token_nll_fast(codes, descriptions, score_from=frames // 2)
+        torch.testing.assert_close(
+            late[..., frames // 2 :], ref[..., frames // 2 :], atol=1e-5, rtol=0
+        )
+        for shared in sorted({0, 1, frames // 2, frames - 1, frames}):
+            variants = codes[:, None].repeat(1, P, 1, 1)
+            tail = variants[..., shared:]
+            tail.copy_(torch.randint(0, 2048, tail.shape, generator=g))
+            rows = torch.cat([codes[:, None], variants], 1).reshape(-1, K, frames)
+            descs = (
+                None if descriptions is None else [d for d in descriptions for _ in range(1 + P)]
+            )
+            full, full_mask = hf_backend.token_nll(rows, descs)
+            for batch_size in (2, None):
+                nll, mask = hf_backend.token_nll_shared_prefix(
+                    codes, variants, descriptions, shared_frames=shared, batch_size=batch_size
+                )
+                assert nll.shape == mask.shape == (B, 1 + P, K, frames)
+                assert torch.equal(mask.reshape(-1, K, frames), full_mask)
+                err = (nll.reshape(-1, K, frames) - full).abs().max().item()
+                assert err < 1e-5, (shared, batch_size, err)
+
+
+def test_transformers_probe_scores_equal_full_scoring(hf_backend, hf_text_probe_set):
+    """``score_probe_set``'s default (prefix sharing) equals scoring every position."""
+    shared = score_probe_set(hf_backend, hf_text_probe_set, batch_size=3)
+    full = score_probe_set(
+        hf_backend, hf_text_probe_set, batch_size=3, prefix_sharing=False, skip_prefix_heads=False
+    )
+    torch.testing.assert_close(shared.perturbed, full.perturbed, atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(shared.clean, full.clean, atol=1e-5, rtol=0, equal_nan=True)
+    assert shared.summary == pytest.approx(full.summary, abs=1e-4, nan_ok=True)
+
+
+def test_transformers_unsupported_model_falls_back(hf_backend, monkeypatch):
+    """A model the fused path does not cover is scored in full by ``token_nll``."""
+    from lightning_noiseprobe.backends.transformers import prefix as transformers_prefix
+
+    codes = torch.randint(0, 2048, (1, 4, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, _ = hf_backend.token_nll(codes)
+        monkeypatch.setattr(transformers_prefix, "fast_path_supported", lambda backend: False)
+        assert not hf_backend.supports_prefix_sharing
+        nll, _ = hf_backend.token_nll_shared_prefix(codes, codes[:, None], shared_frames=10)
+    assert torch.equal(nll[:, 0], ref) and torch.equal(nll[:, 1], ref)

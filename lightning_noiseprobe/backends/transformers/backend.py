@@ -6,8 +6,8 @@ Three sources, picked by ``model``:
   mono, 50 Hz, 4 codebooks x 2048, delay pattern ``[0, 1, 2, 3]``, a T5 text
   encoder feeding cross-attention), the same sizes as the audiocraft tiny
   model, built offline from configs and seeded. Its text encoder is a tiny
-  random T5 with the byte-level ``ByT5Tokenizer``, which needs no vocabulary
-  file, so text conditioning works without any download.
+  random T5 with a tiny ``T5TokenizerFast`` built offline (:mod:`.hf_folder`), so
+  text conditioning works without any download and ``MusicgenProcessor`` accepts it.
 * a local folder written by ``save_pretrained`` (:meth:`TransformersBackend.save`,
   or transformers' own): one ``MusicgenForConditionalGeneration`` (text
   encoder, EnCodec and decoder together), plus the tokenizer files if the
@@ -38,6 +38,7 @@ from lightning_noiseprobe.backends.transformers.builders import (
 )
 from lightning_noiseprobe.backends.transformers.delay import delayed_lm_logits
 from lightning_noiseprobe.backends.transformers.export import load_pretrained, save_pretrained
+from lightning_noiseprobe.backends.transformers.prefix import FastScoringMixin
 
 if TYPE_CHECKING:
     from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["TransformersBackend"]
 
 
-class TransformersBackend(ProbeBackend):
+class TransformersBackend(FastScoringMixin, ProbeBackend):
     """MusicGen through Hugging Face transformers (``MusicgenForConditionalGeneration``).
 
     The constructor only records its arguments; :meth:`load` imports

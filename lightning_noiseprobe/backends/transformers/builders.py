@@ -43,7 +43,8 @@ def build_tiny_transformers_musicgen(
     codec); its codebooks, zeros in a fresh transformers EnCodec, are drawn
     from its own residual latents of varied synthetic audio (as the audiocraft
     tiny codec), so the codes follow the audio. Text: a 1-layer T5 encoder
-    over bytes (``ByT5Tokenizer``, 384 ids), projected to the decoder width.
+    (384 ids) over a tiny offline ``T5TokenizerFast`` (:mod:`.hf_folder`), projected to
+    the decoder width.
 
     The same ``seed`` and ``overrides`` give bitwise identical weights; the
     global RNG state is left untouched.
@@ -54,7 +55,7 @@ def build_tiny_transformers_musicgen(
 
     Returns:
         ``(model, tokenizer)``: a ``MusicgenForConditionalGeneration`` and a
-        ``ByT5Tokenizer``.
+        ``T5TokenizerFast``.
 
     Raises:
         NoiseProbeError: on an unknown override.
@@ -65,7 +66,6 @@ def build_tiny_transformers_musicgen(
             f"Expected tiny-model overrides among {sorted(TINY_DEFAULTS)} but got {unknown}."
         )
     from transformers import (
-        ByT5Tokenizer,
         EncodecConfig,
         MusicgenConfig,
         MusicgenDecoderConfig,
@@ -75,9 +75,14 @@ def build_tiny_transformers_musicgen(
 
     v = {**TINY_DEFAULTS, **overrides}
     card, n_q = 2048, 4
-    tokenizer = ByT5Tokenizer()
+    from lightning_noiseprobe.backends.transformers.hf_folder import (
+        TINY_TEXT_VOCAB_SIZE,
+        tiny_t5_tokenizer,
+    )
+
+    tokenizer = tiny_t5_tokenizer()  # a T5 tokenizer, as MusicgenProcessor needs
     text_config = T5Config(
-        vocab_size=len(tokenizer),
+        vocab_size=TINY_TEXT_VOCAB_SIZE,  # the former ByT5 size: the seeded weights stay the same
         d_model=v["text_dim"],
         d_kv=v["text_dim"] // v["text_heads"],
         d_ff=4 * v["text_dim"],
@@ -117,6 +122,7 @@ def build_tiny_transformers_musicgen(
         activation_dropout=0.0,
         pad_token_id=card,
         bos_token_id=card,
+        decoder_start_token_id=card,  # `forward(labels=...)` shifts the labels with it
         tie_word_embeddings=False,
     )
     config = MusicgenConfig.from_sub_models_config(text_config, codec_config, decoder_config)

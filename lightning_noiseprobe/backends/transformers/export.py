@@ -50,11 +50,10 @@ def save_pretrained(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) 
             f"but {str(folder)!r} exists and holds something else. Choose another folder."
         )
     from lightning_noiseprobe._io import atomic_dir
+    from lightning_noiseprobe.backends.transformers.hf_folder import save_hf_folder
 
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+    with atomic_dir(folder) as tmp:  # + processor files, the codec's name (a real HF folder)
+        save_hf_folder(model, tokenizer, tmp, str(folder.resolve()))
     return folder
 
 
