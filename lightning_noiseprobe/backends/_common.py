@@ -20,6 +20,7 @@ __all__ = [
     "TINY_SIZES",
     "atomic_torch_save",
     "calibration_audio",
+    "delayed_heads_nll",
     "hf_cache_dir",
     "hf_offline",
     "init_codebooks_from_audio",
@@ -44,6 +45,51 @@ TINY_SIZES: dict[str, int] = {
     "n_filters": 4,  # SEANet base width of the codec
     "codec_dim": 32,  # codec latent dimension
 }
+
+
+# -- scoring -------------------------------------------------------------------
+def delayed_heads_nll(
+    hidden: torch.Tensor,
+    heads: Sequence[torch.nn.Module],
+    codes: torch.Tensor,
+    delays: Sequence[int],
+    start: int,
+    first_frame: int = 0,
+) -> torch.Tensor:
+    """Per-token NLL ``[B, K, T]`` (float32) from an LM's final states at delayed positions.
+
+    ``hidden`` ``[B, L, dim]`` holds the states of delayed positions ``[start, start + L)``;
+    position ``p`` of codebook ``k`` scores frame ``p - delays[k]`` of ``codes`` ``[B, K, T]``
+    with ``heads[k]``. Frames before ``first_frame``, and frames no position of ``hidden``
+    scores, hold 0: their output heads and cross-entropy (most of a small model's cost)
+    are skipped. The cross-entropy runs per codebook in float32, without stacking or
+    reverting the ``[B, K, L, card]`` logits, over chunks of rows (positions x batch)
+    whose logits stay in cache. Both backends' fused scoring paths use it.
+
+    Example:
+        >>> heads = [torch.nn.Linear(4, 8, bias=False) for _ in range(2)]
+        >>> nll = delayed_heads_nll(torch.randn(1, 5, 4), heads, torch.zeros(1, 2, 5, dtype=torch.long), [0, 1], 0)
+        >>> nll.shape, bool(nll[0, 1, 4] == 0)  # frame 4 of codebook 1 needs position 5
+        (torch.Size([1, 2, 5]), True)
+    """
+    B, L, _ = hidden.shape
+    T = codes.shape[-1]
+    nll = torch.zeros(B, len(delays), T, device=hidden.device, dtype=torch.float32)
+    rows = HEAD_ROWS_CPU if hidden.device.type == "cpu" else HEAD_ROWS_ACCELERATOR
+    for k, d in enumerate(delays):
+        lo, hi = max(start, d, first_frame + d), min(start + L, T)  # positions scoring a frame
+        if lo >= hi:
+            continue
+        states = hidden[:, lo - start : hi - start].reshape(B * (hi - lo), -1)
+        target = codes[:, k, lo - d : hi - d].reshape(-1)
+        ce = [
+            torch.nn.functional.cross_entropy(
+                heads[k](states[i : i + rows]).float(), target[i : i + rows], reduction="none"
+            )
+            for i in range(0, states.shape[0], rows)
+        ]
+        nll[:, k, lo - d : hi - d] = torch.cat(ce).view(B, hi - lo)
+    return nll
 
 
 # -- settings and paths ---------------------------------------------------------

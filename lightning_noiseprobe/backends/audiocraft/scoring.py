@@ -19,8 +19,7 @@ import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends._common import (
-    HEAD_ROWS_ACCELERATOR,
-    HEAD_ROWS_CPU,
+    delayed_heads_nll,
     outside_inference_mode,
 )
 from lightning_noiseprobe.backends.audiocraft.prefix import (
@@ -132,34 +131,13 @@ class FusedScoring(ProbeBackend):
         over chunks of rows (positions x batch) whose logits stay in cache.
         """
         lm = self.lm
-        B, K, L = sequence.shape
-        T = codes.shape[-1]
+        K = sequence.shape[1]
         x = sum(lm.emb[k](sequence[:, k]) for k in range(K))
         x, cross = lm.fuser(x, condition_tensors)
         out = lm.transformer(x, cross_attention_src=cross)
         if lm.out_norm is not None:
             out = lm.out_norm(out)
-        nll = torch.zeros(B, K, T, device=out.device, dtype=torch.float32)
-        rows = HEAD_ROWS_CPU if out.device.type == "cpu" else HEAD_ROWS_ACCELERATOR
-        for k, d in enumerate(delays):
-            lo, hi = (
-                max(start, d, first_frame + d),
-                min(start + L, T),
-            )  # delayed positions scoring a frame
-            if lo >= hi:
-                continue
-            hidden = out[:, lo - start : hi - start].reshape(B * (hi - lo), -1)
-            target = codes[:, k, lo - d : hi - d].reshape(-1)
-            ce = [
-                torch.nn.functional.cross_entropy(
-                    lm.linears[k](hidden[i : i + rows]).float(),
-                    target[i : i + rows],
-                    reduction="none",
-                )
-                for i in range(0, hidden.shape[0], rows)
-            ]
-            nll[:, k, lo - d : hi - d] = torch.cat(ce).view(B, hi - lo)
-        return nll
+        return delayed_heads_nll(out, lm.linears, codes, delays, start, first_frame)
 
     def _check_codes(self, codes: torch.Tensor, name: str = "codes") -> None:
         if codes.dim() != 3 or codes.shape[1] != self.num_codebooks:

@@ -25,12 +25,12 @@ Both give :meth:`TransformersBackend.token_nll`'s values up to float rounding
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
-from lightning_noiseprobe.backends._common import outside_inference_mode
+from lightning_noiseprobe.backends._common import delayed_heads_nll, outside_inference_mode
 
 if TYPE_CHECKING:
     from lightning_noiseprobe.backends.transformers.backend import TransformersBackend
@@ -43,12 +43,6 @@ __all__ = [
     "token_nll_fast",
     "token_nll_shared_prefix",
 ]
-
-#: Positions per head chunk: the chunk's ``[rows, K * card]`` float32 logits
-#: (32 x 4 x 2048 = 1 MiB on the tiny model) stay in a CPU's cache.
-_HEAD_ROWS_CPU = 32
-_HEAD_ROWS_ACCELERATOR = 4096
-_IGNORE = -100
 
 
 def fast_path_supported(backend: TransformersBackend) -> bool:
@@ -126,50 +120,10 @@ def heads_nll(
     start: int,
     first_frame: int = 0,
 ) -> torch.Tensor:
-    """Per-token NLL ``[B, K, T]`` (float32) from decoder states at delayed positions ``[start, start + L)``.
-
-    Position ``p`` of codebook ``k`` scores frame ``p - k`` (delay ``k``).
-    Frames before ``first_frame``, and frames no position of ``hidden``
-    scores, hold 0. The K heads run as one ``[K * card, dim]`` matrix over
-    chunks of positions; the cross-entropy is float32 with the unscored
-    (position, codebook) pairs ignored.
-    """
-    B, L, D = hidden.shape
-    K, T = codes.shape[1], codes.shape[2]
-    weight = torch.cat([cast(torch.Tensor, head.weight) for head in heads])  # [K * card, D]
-    biases = [getattr(head, "bias", None) for head in heads]
-    bias = None if any(b is None for b in biases) else torch.cat(biases)  # type: ignore[arg-type]
-    lo, hi = max(start, first_frame), min(start + L, T)  # positions scoring some frame
-    nll = torch.zeros(B, K, T, device=hidden.device, dtype=torch.float32)
-    if lo >= hi:
-        return nll
-    n = hi - lo
-    positions = torch.arange(lo, hi, device=hidden.device)
-    books = torch.arange(K, device=hidden.device)
-    frame = positions[:, None] - books[None, :]  # [n, K]
-    valid = (frame >= first_frame) & (frame >= 0)
-    target = codes.long().gather(2, frame.clamp_min(0).T[None].expand(B, K, n))  # [B, K, n]
-    target = target.masked_fill(~valid.T[None], _IGNORE).transpose(1, 2)  # [B, n, K]
-    states = hidden[:, lo - start : hi - start].reshape(B * n, D)
-    target = target.reshape(B * n * K)
-    card = weight.shape[0] // K
-    rows = _HEAD_ROWS_CPU if hidden.device.type == "cpu" else _HEAD_ROWS_ACCELERATOR
-    ce = [
-        torch.nn.functional.cross_entropy(
-            torch.nn.functional.linear(states[i : i + rows], weight, bias).float().view(-1, card),
-            target[i * K : (i + rows) * K],
-            reduction="none",
-            ignore_index=_IGNORE,
-        )
-        for i in range(0, B * n, rows)
-    ]
-    by_position = torch.cat(ce).view(B, n, K)
-    for k in range(K):
-        f_lo = max(lo - k, first_frame, 0)  # frames of codebook k scored here
-        f_hi = hi - k
-        if f_lo < f_hi:
-            nll[:, k, f_lo:f_hi] = by_position[:, f_lo + k - lo : f_hi + k - lo, k]
-    return nll
+    """Per-token NLL ``[B, K, T]`` from decoder states at delayed positions ``[start, start + L)``:
+    :func:`~lightning_noiseprobe.backends._common.delayed_heads_nll` with MusicGen's delays
+    ``[0, 1, ..., K - 1]`` (position ``p`` of codebook ``k`` scores frame ``p - k``)."""
+    return delayed_heads_nll(hidden, heads, codes, range(codes.shape[1]), start, first_frame)
 
 
 def _delay_mask(batch: int, k_books: int, frames: int, device: torch.device) -> torch.Tensor:
