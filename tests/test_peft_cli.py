@@ -98,6 +98,8 @@ def test_adapter_on_its_base_equals_the_merged_model(folders, tmp_path):
     merged = _probe(folders, tmp_path / "m", "--model", folders["merged"])
     base = _probe(folders, tmp_path / "b", "--model", folders["base"])
     assert on_base == pytest.approx(merged, abs=1e-4)
+    recorded = json.loads((tmp_path / "a" / "metrics.json").read_text())["model"]
+    assert recorded == f"{adapter} (PEFT adapter on {folders['base']})"
     # the adapter is active: the tiny model's curve changes (1.15 vs 1.73 when written)
     assert abs(on_base["peak_sharpness"] - base["peak_sharpness"]) > 0.1
     assert abs(on_base["delta_loss"] - base["delta_loss"]) > 1e-3

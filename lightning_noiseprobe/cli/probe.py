@@ -143,6 +143,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from lightning_noiseprobe.probe import build_probe_set, score_probe_set
     from lightning_noiseprobe.report import save_result
 
+    model_name = args.model if args.base is None else f"{args.model} (PEFT adapter on {args.base})"
     with adapter_base(args.base):  # an adapter folder as --model goes onto --base
         backend = get_backend(args.backend, model=args.model, device=device).load()
     backend.lm.eval()
@@ -163,7 +164,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         precision=args.precision,
         device=device,
         progress=not args.quiet,
-        model_name=args.model,
+        model_name=model_name,
     )
     try:
         written = save_result(result, out, figures=not args.no_figures)
@@ -175,7 +176,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     print(
         format_summary(
             result.summary,
-            title=f"noiseprobe: {len(probe_set)} clips x {len(probe_set.perturbations)} perturbations, model {args.model}",
+            title=f"noiseprobe: {len(probe_set)} clips x {len(probe_set.perturbations)} perturbations, model {model_name}",
         )
     )
     for s in result.skipped:
