@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_noiseprobe._errors import NoiseProbeError, NonFiniteLossError
+from lightning_noiseprobe.loggers import MediaLogger
 from lightning_noiseprobe.probe.engine import PER_LENGTH_METRICS, NoiseProber
 from lightning_noiseprobe.probe.spec import (
     DEFAULT_CLIP_SECONDS,
@@ -125,8 +126,9 @@ class NoiseProbeCallback(Callback):
             should then run only on probed epochs.
         batch_size: sequences per forward pass.
         precision: ``None`` follows the trainer; or ``"32"``, ``"bf16"``, ``"16"``.
-        log_figures: log figures to TensorBoard (rank zero).
-        log_audio: log one clean and one perturbed audio example to TensorBoard (once).
+        log_figures: log figures (rank zero) to every attached TensorBoard, W&B and MLflow
+            logger (:mod:`lightning_noiseprobe.loggers`; other loggers are skipped).
+        log_audio: log one clean and one perturbed audio example to those loggers (once).
         log_per_length: log ``noiseprobe/<noise>/len<L>/<metric>`` breakdowns.
         fatal: re-raise probe failures instead of warning and skipping the epoch.
         run_on_validate: also probe under ``trainer.validate()``.
@@ -212,6 +214,7 @@ class NoiseProbeCallback(Callback):
         self._layout_written = False
         self._audio_logged = False
         self._warned_no_tb = False
+        self._media = MediaLogger("NoiseProbeCallback")
 
     @property
     def spec(self) -> ProbeSpec:
@@ -486,7 +489,7 @@ class NoiseProbeCallback(Callback):
         }
         self.history.append(entry)
         if trainer.is_global_zero:
-            self._log_tensorboard(trainer, result)
+            self._log_media(trainer, result)
         rank_zero_info(
             f"noiseprobe: epoch {trainer.current_epoch} peak_sharpness={result.summary.get('peak_sharpness', math.nan):.3f}"
             f" delta_loss={result.summary.get('delta_loss', math.nan):+.4f} ({seconds:.1f} s)"
@@ -585,61 +588,48 @@ class NoiseProbeCallback(Callback):
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
 
-    def _tensorboard(self, trainer: pl.Trainer) -> Any:
-        """The SummaryWriter of the trainer's TensorBoard logger, from either Lightning package
-        (``lightning.pytorch`` or ``pytorch_lightning``); ``None`` (warned once) if it has none."""
-        import importlib
-        import sys
+    def _log_media(self, trainer: pl.Trainer, result: ProbeResult) -> None:
+        """Figures and audio examples to every logger that takes them
+        (:mod:`lightning_noiseprobe.loggers`); a failing logger is warned about once."""
+        from lightning_noiseprobe.loggers import MEDIA_LOGGERS, media_sinks
 
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        kinds: tuple[type, ...] = (TensorBoardLogger,)
-        if "pytorch_lightning" in sys.modules:  # the user's trainer may come from this package
-            kinds += (importlib.import_module("pytorch_lightning.loggers").TensorBoardLogger,)
-        for logger in trainer.loggers:
-            if isinstance(logger, kinds):
-                return logger.experiment  # type: ignore[attr-defined]
-        if trainer.loggers and (self.log_figures or self.log_audio) and not self._warned_no_tb:
-            self._warned_no_tb = True
-            rank_zero_warn(
-                "NoiseProbeCallback: figures and audio examples go to a TensorBoardLogger, and this"
-                f" trainer has none ({[type(x).__name__ for x in trainer.loggers]}); the scalars are"
-                " logged to every logger. Add a TensorBoardLogger, or pass log_figures=False,"
-                " log_audio=False to silence this."
-            )
-        return None
-
-    def _log_tensorboard(self, trainer: pl.Trainer, result: ProbeResult) -> None:
-        writer = self._tensorboard(trainer)
-        if writer is None:
+        sinks = media_sinks(trainer.loggers)
+        if not sinks:
+            if trainer.loggers and (self.log_figures or self.log_audio) and not self._warned_no_tb:
+                self._warned_no_tb = True
+                rank_zero_warn(
+                    f"NoiseProbeCallback: figures and audio examples go to a {', '.join(MEDIA_LOGGERS)},"
+                    f" and this trainer has none ({[type(x).__name__ for x in trainer.loggers]}); the"
+                    " scalars are logged to every logger. Add one of those, or pass log_figures=False,"
+                    " log_audio=False to silence this."
+                )
             return
         from lightning_noiseprobe import plots
 
-        step = trainer.global_step
-        if not self._layout_written:
-            writer.add_custom_scalars(self.custom_scalars_layout(result))
-            self._layout_written = True
+        figures = {}
         if self.log_figures:
             figures = {
                 f"{self.prefix}/delta_curve": plots.delta_curve(result),
                 f"{self.prefix}/loss_vs_length": plots.loss_vs_length(result),
                 f"{self.prefix}/history": plots.metric_history(self.history, HISTORY_METRICS),
             }
-            for tag, fig in figures.items():
-                writer.add_figure(tag, fig, global_step=step, close=False)
-                plots.close(fig)
+        audio = {}
         if self.log_audio and not self._audio_logged and self.engine.built is not None:
-            self._log_audio_examples(writer, step)
+            # the first clip, clean and with the longest perturbation, mixed to mono
+            rate = self.engine.built.sample_rate
+            for name, wav in self.engine.audio_examples(0).items():
+                audio[f"{self.prefix}/audio/{name}"] = (
+                    wav.mean(0, keepdim=True).clamp(-1, 1),
+                    rate,
+                )
             self._audio_logged = True
-        writer.flush()
-
-    def _log_audio_examples(self, writer: Any, step: int) -> None:
-        """The first clip, clean and with the longest perturbation, mixed to mono."""
-        assert self.engine.built is not None
-        rate = self.engine.built.sample_rate
-        for name, audio in self.engine.audio_examples(0).items():
-            tag = f"{self.prefix}/audio/{name}"
-            writer.add_audio(tag, audio.mean(0, keepdim=True).clamp(-1, 1), step, sample_rate=rate)
+        layout = None if self._layout_written else self.custom_scalars_layout(result)
+        self._layout_written = True
+        try:
+            self._media.log(sinks, trainer.global_step, figures=figures, audio=audio, layout=layout)
+        finally:
+            for fig in figures.values():
+                plots.close(fig)
 
     def custom_scalars_layout(self, result: ProbeResult) -> dict[str, Any]:
         """TensorBoard custom-scalars layout: headline metrics, then one chart per metric across lengths."""

@@ -51,6 +51,13 @@ def add_probe_parser(sub: Any) -> None:
         help="'tiny' (built offline), a local folder of weights, or a hub id (default tiny)",
     )
     p.add_argument(
+        "--base",
+        default=None,
+        metavar="BASE",
+        help="with --backend transformers and a PEFT adapter folder as --model: the base model to"
+        " load the adapter onto (a save_pretrained folder or hub id); the adapter stays active",
+    )
+    p.add_argument(
         "--backend",
         choices=available_backends(),
         default="audiocraft",
@@ -111,6 +118,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     with _flag_names({name: spec_flag(name) for name in SPEC_FLAGS}):
         spec = ProbeSpec(**spec_kwargs(args))
     _check_level(args)
+    _check_base(args)
     device = _device(args.device)
     out = Path(args.out)
     _require_writable("--out", out, folder=True)
@@ -125,15 +133,19 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         cache_dir = default_cache_dir()
     files = find_audio_files(args.audio)
     inputs = [("--audio", str(f)) for f in files]
-    if os.path.lexists(args.model):
-        inputs.append(("--model", args.model))
+    for flag, value in (("--model", args.model), ("--base", args.base)):
+        if value is not None and os.path.lexists(value):
+            inputs.append((flag, value))
     _check_outputs([("--out", out / name) for name in OUTPUT_FILES], inputs)
 
+    from lightning_noiseprobe.backends.adapters import adapter_base
     from lightning_noiseprobe.backends.base import get_backend
     from lightning_noiseprobe.probe import build_probe_set, score_probe_set
     from lightning_noiseprobe.report import save_result
 
-    backend = get_backend(args.backend, model=args.model, device=device).load()
+    model_name = args.model if args.base is None else f"{args.model} (PEFT adapter on {args.base})"
+    with adapter_base(args.base):  # an adapter folder as --model goes onto --base
+        backend = get_backend(args.backend, model=args.model, device=device).load()
     backend.lm.eval()
     probe_set = build_probe_set(
         backend,
@@ -152,7 +164,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         precision=args.precision,
         device=device,
         progress=not args.quiet,
-        model_name=args.model,
+        model_name=model_name,
     )
     try:
         written = save_result(result, out, figures=not args.no_figures)
@@ -164,13 +176,33 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     print(
         format_summary(
             result.summary,
-            title=f"noiseprobe: {len(probe_set)} clips x {len(probe_set.perturbations)} perturbations, model {args.model}",
+            title=f"noiseprobe: {len(probe_set)} clips x {len(probe_set.perturbations)} perturbations, model {model_name}",
         )
     )
     for s in result.skipped:
         print(f"skipped {s['path']}: {s['reason']}")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _check_base(args: argparse.Namespace) -> None:
+    """``--base`` only goes with ``--backend transformers`` and a PEFT adapter folder as ``--model``."""
+    if args.base is None:
+        return
+    from lightning_noiseprobe.backends.adapters import ADAPTER_CONFIG, is_adapter_folder
+
+    if args.backend != "transformers":
+        raise NoiseProbeError(
+            f"Expected --base only with --backend transformers (PEFT adapters load onto a"
+            f" transformers MusicGen) but --backend is {args.backend!r} and --base is {args.base!r}."
+            " Add --backend transformers, or drop --base."
+        )
+    if not (os.path.isdir(args.model) and is_adapter_folder(args.model)):
+        raise NoiseProbeError(
+            f"Expected --model to be a PEFT adapter folder (holding {ADAPTER_CONFIG}) when --base"
+            f" is given, but --model {args.model!r} is not one and --base is {args.base!r}. Drop"
+            " --base to probe --model itself, or pass the adapter folder as --model."
+        )
 
 
 def format_summary(summary: dict[str, float], title: str = "") -> str:

@@ -27,6 +27,7 @@ from lightning_noiseprobe.backends._common import (
     looks_like_path,
     one_line,
 )
+from lightning_noiseprobe.backends.adapters import adapter_folder_message, is_adapter_folder
 
 __all__ = [
     "EXPORT_FILES",
@@ -218,6 +219,8 @@ def load_pretrained(model: str) -> tuple[str, Any, Any, Path]:
     importing audiocraft), then loaded by audiocraft's own loaders; any
     failure becomes one :class:`NoiseProbeError` naming the file and the problem.
     """
+    if os.path.isdir(model) and is_adapter_folder(model):
+        raise NoiseProbeError(adapter_folder_message(model, "audiocraft"))
     if os.path.isdir(model):
         folder = model
         missing = [f for f in EXPORT_FILES if not os.path.isfile(os.path.join(folder, f))]

@@ -14,8 +14,13 @@ import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends._common import hf_offline, looks_like_path
+from lightning_noiseprobe.backends.adapters import (
+    adapter_folder_message,
+    current_adapter_base,
+    is_adapter_folder,
+)
 
-__all__ = ["CONFIG_FILE", "load_pretrained", "save_pretrained"]
+__all__ = ["CONFIG_FILE", "load_adapter", "load_pretrained", "save_pretrained"]
 
 _HUB_SHORT_NAMES = {
     "small": "facebook/musicgen-small",
@@ -64,12 +69,21 @@ def load_pretrained(model: str, dropout: float | None) -> tuple[Any, Any]:
     (unconditional scoring only). ``dropout`` (unless ``None``) replaces the
     decoder's three dropout rates.
 
+    A PEFT adapter folder is loaded onto the base set by
+    :func:`~lightning_noiseprobe.backends.adapters.adapter_base` (the CLI's ``--base``)
+    with :func:`load_adapter`; without one it is refused with a message saying how.
+
     Raises:
         NoiseProbeError: if the folder holds no (complete) MusicGen or the hub
             id cannot be loaded (offline, not cached).
     """
     from transformers import AutoTokenizer, MusicgenConfig, MusicgenForConditionalGeneration
 
+    if os.path.isdir(model) and is_adapter_folder(model):
+        base = current_adapter_base()
+        if base is None:
+            raise NoiseProbeError(adapter_folder_message(model, "transformers"))
+        return load_adapter(model, base, dropout)
     if os.path.isdir(model):
         folder = model
         config_path = os.path.join(folder, CONFIG_FILE)
@@ -110,6 +124,42 @@ def load_pretrained(model: str, dropout: float | None) -> tuple[Any, Any]:
     except (OSError, ValueError, TypeError):
         tokenizer = None  # no tokenizer files: unconditional scoring only
     return loaded, tokenizer
+
+
+def load_adapter(adapter: str, base: str, dropout: float | None) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)``: the PEFT adapter folder ``adapter`` on its ``base``.
+
+    ``base`` (a ``save_pretrained`` folder or hub id) is loaded as by
+    :func:`load_pretrained`, with its tokenizer; the adapter is injected into it
+    with ``PeftModel.from_pretrained`` and left active, not merged. The returned
+    model is the base model object with the adapter layers inside.
+
+    Raises:
+        NoiseProbeError: if ``base`` is itself an adapter folder or cannot be
+            loaded, peft is missing, or the adapter does not fit the base.
+    """
+    if os.path.isdir(base) and is_adapter_folder(base):
+        raise NoiseProbeError(
+            f"Expected the base of the PEFT adapter folder {adapter!r} to be a full transformers"
+            f" MusicGen (a `save_pretrained` folder or hub id) but {base!r} is itself an adapter folder."
+        )
+    model, tokenizer = load_pretrained(base, dropout)
+    try:
+        from peft import PeftModel
+    except ImportError as err:
+        raise NoiseProbeError(
+            f"Loading the PEFT adapter folder {adapter!r} needs peft, which is not installed:"
+            " `pip install 'lightning-noiseprobe[peft]'` (or `pip install peft`)."
+        ) from err
+    try:
+        wrapped = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        raise NoiseProbeError(
+            f"Expected the PEFT adapter folder {adapter!r} to load onto the base {base!r} but"
+            f" it failed ({type(err).__name__}: {err}). Check that the adapter was trained on"
+            " this base (its adapter_config.json records base_model_name_or_path)."
+        ) from err
+    return wrapped.get_base_model(), tokenizer
 
 
 def _read_model_type(config_path: str) -> Any:

@@ -1,0 +1,147 @@
+"""PEFT adapter folders in the CLI: `noiseprobe probe --backend transformers --model ADAPTER --base BASE`.
+
+A tiny transformers MusicGen is saved, wrapped with a LoRA on the decoder's attention
+projections (B weights perturbed so the adapter changes the outputs), and its adapter
+folder saved; the merged model is saved too. The CLI runs as a subprocess, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from audio_fixtures import write_audio
+
+from lightning_noiseprobe.cli import main
+
+SPEC = ["--onset", "60", "--lengths", "5,20", "--clip-seconds", "3.0"]
+METRICS = ("clean_loss", "delta_loss", "peak_sharpness", "peak_height")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """base (save_pretrained), adapter (PEFT LoRA folder), merged (save_pretrained), audio."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from peft import LoraConfig, get_peft_model
+
+    from lightning_noiseprobe.backends.transformers import TransformersBackend
+
+    root = tmp_path_factory.mktemp("peft")
+    backend = TransformersBackend(model="tiny", seed=0).load()
+    base = backend.save(root / "base")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    peft_model = get_peft_model(backend.musicgen, config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:  # zero at init: perturb so the adapter changes the outputs
+                param.copy_(4.0 * torch.randn(param.shape, generator=gen))
+    adapter = root / "adapter"
+    peft_model.save_pretrained(adapter)
+    merged = root / "merged"
+    peft_model.merge_and_unload().save_pretrained(merged)
+    backend.tokenizer.save_pretrained(merged)
+    (root / "clips").mkdir()
+    write_audio(root / "clips" / "a.wav", 32000, 1, seconds=3.2)
+    return {"base": base, "adapter": adapter, "merged": merged, "audio": root / "clips"}
+
+
+def _cli(*argv) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_noiseprobe.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def _probe(folders, out: Path, *model_args) -> dict[str, float]:
+    proc = _cli(
+        "probe",
+        "--backend",
+        "transformers",
+        *model_args,
+        "--audio",
+        folders["audio"],
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--cache-dir",
+        "none",
+        "--no-figures",
+        "--quiet",
+        *SPEC,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    return {k: summary[k] for k in METRICS}
+
+
+def test_adapter_on_its_base_equals_the_merged_model(folders, tmp_path):
+    adapter = folders["adapter"]
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+    on_base = _probe(folders, tmp_path / "a", "--model", adapter, "--base", folders["base"])
+    merged = _probe(folders, tmp_path / "m", "--model", folders["merged"])
+    base = _probe(folders, tmp_path / "b", "--model", folders["base"])
+    assert on_base == pytest.approx(merged, abs=1e-4)
+    recorded = json.loads((tmp_path / "a" / "metrics.json").read_text())["model"]
+    assert recorded == f"{adapter} (PEFT adapter on {folders['base']})"
+    # the adapter is active: the tiny model's curve changes (1.15 vs 1.73 when written)
+    assert abs(on_base["peak_sharpness"] - base["peak_sharpness"]) > 0.1
+    assert abs(on_base["delta_loss"] - base["delta_loss"]) > 1e-3
+
+
+def test_adapter_folder_without_base_says_what_it_is(folders, tmp_path):
+    proc = _cli(
+        "probe",
+        "--backend",
+        "transformers",
+        "--model",
+        folders["adapter"],
+        "--audio",
+        folders["audio"],
+        "--out",
+        tmp_path / "o",
+        "--quiet",
+        *SPEC,
+    )
+    assert proc.returncode != 0
+    err = " ".join(proc.stderr.split())
+    assert "is a PEFT adapter folder (adapter_config.json, base" in err, proc.stderr[-2000:]
+    assert "--base" in err and str(folders["adapter"]) in err
+    assert "Traceback" not in proc.stderr.split("xFormers")[-1]
+    assert not (tmp_path / "o").exists()
+
+
+def _main(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, " ".join(capsys.readouterr().err.split())
+
+
+def test_base_misuse_names_the_flag_and_value(folders, tmp_path, capsys):
+    common = ["probe", "--audio", folders["audio"], "--out", tmp_path / "o", "--quiet", *SPEC]
+    # with the audiocraft backend
+    code, err = _main([*common, "--model", folders["adapter"], "--base", "some/base"], capsys)
+    assert code != 0 and "--base" in err and "'some/base'" in err and "--backend" in err, err
+    # without an adapter folder
+    argv = [*common, "--backend", "transformers", "--model", folders["merged"], "--base", "x/y"]
+    code, err = _main(argv, capsys)
+    assert code != 0 and "--base" in err and "'x/y'" in err and "adapter folder" in err, err
+    # an adapter folder given to the audiocraft backend says what it is, too
+    code, err = _main([*common, "--model", folders["adapter"]], capsys)
+    assert code != 0 and "is a PEFT adapter folder" in err and "--backend transformers" in err, err
+    assert not (tmp_path / "o").exists()
