@@ -3,8 +3,8 @@
 An adapter folder holds only the adapter's weights; it is probed on its base model
 (``noiseprobe probe --backend transformers --model ADAPTER --base BASE``). Both
 backends recognise such a folder passed as a model and say how to load it
-(:func:`adapter_folder_message`). :func:`adapter_base` tells the transformers
-backend's loader which base to load an adapter folder onto (the CLI's ``--base``).
+(:func:`adapter_folder_message`); the transformers backend loads one onto the base
+given as its ``base`` argument (the CLI's ``--base``).
 
 peft itself is imported only by the loader
 (:func:`lightning_noiseprobe.backends.transformers.export.load_adapter`).
@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 __all__ = [
     "ADAPTER_CONFIG",
-    "adapter_base",
     "adapter_folder_message",
-    "current_adapter_base",
     "is_adapter_folder",
     "recorded_base",
 ]
 
 #: The file that makes a folder a PEFT adapter folder.
 ADAPTER_CONFIG = "adapter_config.json"
-
-_BASE: ContextVar[str | None] = ContextVar("noiseprobe_adapter_base", default=None)
 
 
 def is_adapter_folder(path: str | os.PathLike[str]) -> bool:
@@ -71,18 +64,3 @@ def adapter_folder_message(folder: str | os.PathLike[str], backend: str) -> str:
         f"Expected argument `model` to be a full model but {str(folder)!r} is a PEFT adapter folder"
         f" ({ADAPTER_CONFIG}, base {shown}), which holds only the adapter's weights. {how}"
     )
-
-
-@contextmanager
-def adapter_base(base: str | None) -> Iterator[None]:
-    """Within the block, an adapter folder loaded by the transformers backend goes onto ``base``."""
-    token = _BASE.set(base)
-    try:
-        yield
-    finally:
-        _BASE.reset(token)
-
-
-def current_adapter_base() -> str | None:
-    """The base set by the innermost :func:`adapter_base` (``None`` outside one)."""
-    return _BASE.get()

@@ -138,14 +138,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             inputs.append((flag, value))
     _check_outputs([("--out", out / name) for name in OUTPUT_FILES], inputs)
 
-    from lightning_noiseprobe.backends.adapters import adapter_base
     from lightning_noiseprobe.backends.base import get_backend
     from lightning_noiseprobe.probe import build_probe_set, score_probe_set
     from lightning_noiseprobe.report import save_result
 
     model_name = args.model if args.base is None else f"{args.model} (PEFT adapter on {args.base})"
-    with adapter_base(args.base):  # an adapter folder as --model goes onto --base
-        backend = get_backend(args.backend, model=args.model, device=device).load()
+    adapter = {} if args.base is None else {"base": args.base}  # an adapter folder goes onto it
+    backend = get_backend(args.backend, model=args.model, device=device, **adapter).load()
     backend.lm.eval()
     probe_set = build_probe_set(
         backend,

@@ -78,6 +78,9 @@ class TransformersBackend(FastScoringMixin, ProbeBackend):
             ``activation_dropout``) for loaded checkpoints; 0 by default as
             in audiocraft's MusicGen training (the hub configs say 0.1);
             ``None`` keeps the checkpoint's values.
+        base: when ``model`` is a PEFT adapter folder, the base model (a folder or hub
+            id) it is loaded onto, adapters active (the CLI's ``--base``); an adapter
+            folder without it is refused with a message saying so.
 
     Example:
         >>> backend = TransformersBackend(model="tiny")  # cheap: nothing is built yet
@@ -95,6 +98,7 @@ class TransformersBackend(FastScoringMixin, ProbeBackend):
         seed: int = 0,
         tiny_config: dict[str, Any] | None = None,
         dropout: float | None = 0.0,
+        base: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(model, (str, os.PathLike)) or not str(model):
             raise NoiseProbeError(
@@ -121,6 +125,7 @@ class TransformersBackend(FastScoringMixin, ProbeBackend):
         self.seed = int(seed)
         self.tiny_config = tiny_config
         self.dropout = None if dropout is None else float(dropout)
+        self.base = None if base is None else str(base)
         self._model: MusicgenForConditionalGeneration | None = None
         #: The text tokenizer (``None`` if the folder had none: unconditional only).
         self.tokenizer: PreTrainedTokenizerBase | None = None
@@ -150,7 +155,7 @@ class TransformersBackend(FastScoringMixin, ProbeBackend):
         if self.model == "tiny":
             model, tokenizer = build_tiny_transformers_musicgen(self.seed, **self.tiny_config)
         else:
-            model, tokenizer = load_pretrained(self.model, self.dropout)
+            model, tokenizer = load_pretrained(self.model, self.dropout, base=self.base)
         if model.config.decoder.audio_channels != 1:
             raise NoiseProbeError(
                 f"Expected argument `model` to be a mono MusicGen but {self.model!r} has "

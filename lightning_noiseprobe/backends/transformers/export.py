@@ -16,7 +16,6 @@ from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends._common import hf_offline, looks_like_path
 from lightning_noiseprobe.backends.adapters import (
     adapter_folder_message,
-    current_adapter_base,
     is_adapter_folder,
 )
 
@@ -62,16 +61,15 @@ def save_pretrained(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) 
     return folder
 
 
-def load_pretrained(model: str, dropout: float | None) -> tuple[Any, Any]:
+def load_pretrained(model: str, dropout: float | None, base: str | None = None) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` (CPU, float32) from a ``save_pretrained`` folder or the hub.
 
     ``tokenizer`` is ``None`` when the source has no tokenizer files
     (unconditional scoring only). ``dropout`` (unless ``None``) replaces the
     decoder's three dropout rates.
 
-    A PEFT adapter folder is loaded onto the base set by
-    :func:`~lightning_noiseprobe.backends.adapters.adapter_base` (the CLI's ``--base``)
-    with :func:`load_adapter`; without one it is refused with a message saying how.
+    A PEFT adapter folder is loaded onto ``base`` (the CLI's ``--base``) with
+    :func:`load_adapter`; without one it is refused with a message saying how.
 
     Raises:
         NoiseProbeError: if the folder holds no (complete) MusicGen or the hub
@@ -80,7 +78,6 @@ def load_pretrained(model: str, dropout: float | None) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, MusicgenConfig, MusicgenForConditionalGeneration
 
     if os.path.isdir(model) and is_adapter_folder(model):
-        base = current_adapter_base()
         if base is None:
             raise NoiseProbeError(adapter_folder_message(model, "transformers"))
         return load_adapter(model, base, dropout)
