@@ -269,3 +269,30 @@ def test_peft_lora_model_probes_with_adapters_active(probe_dir: Path) -> None:
     assert (with_lora.clean - without.clean).abs().max() > 1e-3
     torch.testing.assert_close(with_lora.clean, merged.clean, rtol=0, atol=1e-5)
     torch.testing.assert_close(with_lora.perturbed, merged.perturbed, rtol=0, atol=1e-5)
+
+
+# -- the examples, as a user runs them ----------------------------------------------------
+EXAMPLES = {
+    "transformers_trainer.py": r"step 4: eval_loss=\S+ eval_noiseprobe/peak_sharpness=\d",
+    "plain_loop.py": r"epoch 1: train_loss=\S+ noiseprobe/peak_sharpness=\d",
+    "peft_lora.py": r"adapters active: True",
+}
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES))
+def test_example_runs(script: str, probe_dir: Path, tmp_path: Path) -> None:
+    import re
+
+    argv = [sys.executable, str(ROOT / "examples" / script), "--probe-audio", str(probe_dir)]
+    if script == "transformers_trainer.py":
+        argv += ["--out", str(tmp_path / "trainer")]
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(EXAMPLES[script], proc.stdout), proc.stdout
