@@ -147,7 +147,7 @@ class NoiseProbeTrainerCallback(TrainerCallback):
         callbacks read them. Order among other callbacks is unchanged."""
         from transformers.trainer_callback import CallbackHandler
 
-        frame = sys._getframe(1)
+        frame: Any = sys._getframe(1)
         for _ in range(6):
             if frame is None:
                 break
