@@ -18,7 +18,6 @@ __all__ = [
     "HEAD_ROWS_ACCELERATOR",
     "HEAD_ROWS_CPU",
     "TINY_SIZES",
-    "as_backend",
     "atomic_torch_save",
     "calibration_audio",
     "hf_cache_dir",
@@ -123,53 +122,6 @@ def unwrap_model(model: Any) -> Any:
         else:
             break
     return model
-
-
-def as_backend(model: Any) -> Any:
-    """A :class:`~lightning_noiseprobe.backends.base.ProbeBackend` for ``model``, wrapped in place.
-
-    ``model`` may be a backend (returned as is), an audiocraft ``MusicGen`` or a transformers
-    ``MusicgenForConditionalGeneration``, each possibly inside DDP/accelerate/PEFT wrappers
-    (:func:`unwrap_model`). Nothing is copied and no flag or config changes.
-
-    Raises:
-        NoiseProbeError: for an LM without its codec (audiocraft ``LMModel``, transformers
-            ``MusicgenForCausalLM``), or anything else; the message says what to pass.
-    """
-    from lightning_noiseprobe._errors import NoiseProbeError
-    from lightning_noiseprobe.backends.base import ProbeBackend
-
-    if isinstance(model, ProbeBackend):
-        return model
-    inner = unwrap_model(model)
-    kind = type(inner).__name__
-    if hasattr(inner, "lm") and hasattr(inner, "compression_model"):
-        from lightning_noiseprobe.backends.audiocraft import AudiocraftBackend
-
-        return AudiocraftBackend.from_model(inner)
-    if hasattr(inner, "audio_encoder") and hasattr(inner, "decoder"):
-        from lightning_noiseprobe.backends.transformers import TransformersBackend
-
-        return TransformersBackend.from_model(inner)
-    if kind == "LMModel":
-        raise NoiseProbeError(
-            "Expected a model with its audio codec but got an audiocraft LMModel (the LM alone:"
-            " the probe must tokenize audio). Pass the MusicGen that holds it (`musicgen`, whose"
-            " `.lm` it is), or AudiocraftBackend.from_model(musicgen)."
-        )
-    if kind == "MusicgenForCausalLM":
-        raise NoiseProbeError(
-            "Expected a model with its audio codec but got a transformers MusicgenForCausalLM (the"
-            " decoder alone: the probe must tokenize audio). Pass the"
-            " MusicgenForConditionalGeneration that holds it (its `.decoder`), or"
-            " TransformersBackend.from_model(model)."
-        )
-    raise NoiseProbeError(
-        "Expected a ProbeBackend, an audiocraft MusicGen or a transformers"
-        f" MusicgenForConditionalGeneration (wrapped or not) but got {type(model).__name__}"
-        + (f" (inside it: {kind})" if inner is not model else "")
-        + "."
-    )
 
 
 # -- the tiny models' codecs ------------------------------------------------------

@@ -167,7 +167,7 @@ class NoiseProbeTrainerCallback(TrainerCallback):
         )
 
     def _backend(self, model: Any) -> ProbeBackend:
-        from lightning_noiseprobe.backends._common import as_backend
+        from lightning_noiseprobe.backends.wrap import as_backend
 
         if model is None:
             raise NoiseProbeError(

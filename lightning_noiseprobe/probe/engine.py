@@ -326,10 +326,10 @@ class NoiseProber:
         ``backend`` may also be the model itself: an audiocraft ``MusicGen`` or a
         transformers ``MusicgenForConditionalGeneration``, inside DDP/accelerate/PEFT
         wrappers or not (wrapped in place by
-        :func:`~lightning_noiseprobe.backends._common.as_backend`; nothing is copied).
+        :func:`~lightning_noiseprobe.backends.wrap.as_backend`; nothing is copied).
         :meth:`probe` returns the metrics dict too.
         """
-        from lightning_noiseprobe.backends._common import as_backend
+        from lightning_noiseprobe.backends.wrap import as_backend
 
         backend = as_backend(backend)
         with isolated_probe(module if module is not None else backend.lm):
