@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "NoiseProbeCallback": "lightning_noiseprobe.callback",
+    "NoiseProbeTrainerCallback": "lightning_noiseprobe.integrations.transformers",
+    "NoiseProber": "lightning_noiseprobe.probe.engine",
     "MusicGenLightningModule": "lightning_noiseprobe.module",
     "AudioFolderDataModule": "lightning_noiseprobe.data.datamodule",
     "ChoraleDataModule": "lightning_noiseprobe.data.datamodule",
@@ -39,6 +41,8 @@ __all__ = [
     "MusicGenLightningModule",
     "NoiseProbeCallback",
     "NoiseProbeError",
+    "NoiseProbeTrainerCallback",
+    "NoiseProber",
     "PeakShape",
     "ProbeResult",
     "ProbeSpec",
@@ -58,10 +62,12 @@ if TYPE_CHECKING:
     from lightning_noiseprobe.callback import NoiseProbeCallback
     from lightning_noiseprobe.data.datamodule import AudioFolderDataModule, ChoraleDataModule
     from lightning_noiseprobe.functional.curves import analyze_curves
+    from lightning_noiseprobe.integrations.transformers import NoiseProbeTrainerCallback
     from lightning_noiseprobe.metrics import PeakShape
     from lightning_noiseprobe.module import MusicGenLightningModule
     from lightning_noiseprobe.perturbations.inject import inject_noise
     from lightning_noiseprobe.perturbations.shuffle import shuffle_segments
+    from lightning_noiseprobe.probe.engine import NoiseProber
     from lightning_noiseprobe.probe.probeset import build_probe_set
     from lightning_noiseprobe.probe.result import ProbeResult
     from lightning_noiseprobe.probe.runner import score_probe_set

@@ -9,4 +9,4 @@ if ! "$PY" -m uv --version >/dev/null 2>&1; then
   echo "bootstrap: installing uv with pip" >&2
   "$PY" -m pip install --quiet uv
 fi
-"$PY" -m uv sync --python "$("$PY" -c 'import sys; print(sys.executable)')" --extra audiocraft --extra demo "$@"
+"$PY" -m uv sync --python "$("$PY" -c 'import sys; print(sys.executable)')" --extra audiocraft --extra transformers --extra peft --extra demo "$@"

@@ -27,6 +27,7 @@ __all__ = [
     "looks_like_path",
     "one_line",
     "outside_inference_mode",
+    "unwrap_model",
 ]
 
 #: Rows (positions x batch) per output-head + cross-entropy chunk when scoring.
@@ -147,6 +148,26 @@ def outside_inference_mode() -> Iterator[None]:
             yield
     else:
         yield
+
+
+# -- models the user already holds ------------------------------------------------
+def unwrap_model(model: Any) -> Any:
+    """The model inside training wrappers, itself unchanged.
+
+    Strips, repeatedly: DDP / ``DataParallel`` / accelerate / ``torch.compile`` wrappers
+    (``.module``, ``._orig_mod``) and PEFT wrappers (``PeftModel.get_base_model()``). The
+    LoRA layers PEFT injected stay in the returned model, so its adapters are active.
+    """
+    for _ in range(8):
+        if type(model).__name__.startswith("Peft") and hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):
+            model = model.module
+        else:
+            break
+    return model
 
 
 # -- the tiny models' codecs ------------------------------------------------------

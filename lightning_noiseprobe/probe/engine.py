@@ -13,6 +13,11 @@ training loop uses it directly::
         result = prober(backend)                 # no_grad, eval mode, RNG untouched
         print(prober.metrics(result))            # {"noiseprobe/peak_sharpness": ..., ...}
 
+The model itself works as well as a backend: an audiocraft ``MusicGen`` or a transformers
+``MusicgenForConditionalGeneration``, inside DDP/accelerate/PEFT wrappers or not::
+
+    metrics, result = prober.probe(model)      # (metrics dict, ProbeResult)
+
 Distributed: pass ``world_size``, ``rank`` and an ``all_gather`` (a callable taking a
 tensor and returning it stacked over ranks, ``[W, *shape]``); by default
 ``torch.distributed`` is used when it is initialised.
@@ -304,7 +309,7 @@ class NoiseProber:
 
     def run(
         self,
-        backend: ProbeBackend,
+        backend: ProbeBackend | torch.nn.Module | Any,
         *,
         module: torch.nn.Module | None = None,
         device: torch.device | str | None = None,
@@ -315,7 +320,17 @@ class NoiseProber:
     ) -> ProbeResult:
         """:meth:`score` under :func:`isolated_probe`: ``no_grad``, ``module`` (default
         ``backend.lm``) in eval mode with every submodule's mode restored, and the global
-        RNGs untouched, so training is bitwise the same with and without the probe."""
+        RNGs untouched, so training is bitwise the same with and without the probe.
+
+        ``backend`` may also be the model itself: an audiocraft ``MusicGen`` or a
+        transformers ``MusicgenForConditionalGeneration``, inside DDP/accelerate/PEFT
+        wrappers or not (wrapped in place by
+        :func:`~lightning_noiseprobe.backends.wrap.as_backend`; nothing is copied).
+        :meth:`probe` returns the metrics dict too.
+        """
+        from lightning_noiseprobe.backends.wrap import as_backend
+
+        backend = as_backend(backend)
         with isolated_probe(module if module is not None else backend.lm):
             return self.score(
                 backend,
@@ -327,6 +342,21 @@ class NoiseProber:
             )
 
     __call__ = run
+
+    def probe(
+        self,
+        model: ProbeBackend | torch.nn.Module | Any,
+        *,
+        prefix: str = "noiseprobe",
+        per_length: bool = True,
+        **run_kwargs: Any,
+    ) -> tuple[dict[str, float], ProbeResult]:
+        """:meth:`run`, then :meth:`metrics`: ``metrics, result = prober.probe(model)``.
+
+        ``run_kwargs`` go to :meth:`run` (``device``, ``world_size``, ``all_gather``, ...).
+        """
+        result = self.run(model, **run_kwargs)
+        return self.metrics(result, prefix, per_length), result
 
     # ------------------------------------------------------------------ outputs
     @staticmethod

@@ -137,9 +137,57 @@ class TransformersBackend(FastScoringMixin, ProbeBackend):
         )
 
     # -- lifecycle ----------------------------------------------------------
-    # `from_model(model, tokenizer)` (wrapping an already-loaded
-    # MusicgenForConditionalGeneration without copying it, as
-    # `AudiocraftBackend.from_model` does) belongs here; it is planned (issue #11).
+    @classmethod
+    def from_model(cls, model: Any, processor: Any = None) -> TransformersBackend:
+        """Wrap an already-loaded ``MusicgenForConditionalGeneration`` without copying it.
+
+        The backend uses ``model`` itself (:attr:`lm` is it, :attr:`codec` its
+        ``audio_encoder``). Nothing is copied, moved, cast or frozen, no
+        train/eval flag, dropout or config value changes: the caller keeps owning
+        the model (:meth:`load` does nothing). DDP/accelerate and PEFT wrappers
+        are stripped (:func:`~lightning_noiseprobe.backends._common.unwrap_model`);
+        injected LoRA layers stay, so the adapters are active. :attr:`device` and
+        ``dtype`` are read from the decoder's weights.
+
+        Args:
+            model: a ``MusicgenForConditionalGeneration`` (wrapped or not).
+            processor: its ``MusicgenProcessor`` or text tokenizer, for text
+                conditioning; ``None``: unconditional scoring only.
+
+        Raises:
+            NoiseProbeError: if ``model`` is no ``MusicgenForConditionalGeneration``
+                (a ``MusicgenForCausalLM`` lacks the codec: pass the model holding
+                it) or is not mono.
+        """
+        from lightning_noiseprobe.backends._common import unwrap_model
+
+        inner = unwrap_model(model)
+        if not all(
+            isinstance(getattr(inner, part, None), torch.nn.Module)
+            for part in ("decoder", "audio_encoder", "text_encoder")
+        ):
+            raise NoiseProbeError(
+                "Expected argument `model` to be a transformers MusicgenForConditionalGeneration (with"
+                f" `decoder`, `audio_encoder` and `text_encoder`) but got {type(inner).__name__}."
+                + (
+                    " A MusicgenForCausalLM is the decoder alone; pass the"
+                    " MusicgenForConditionalGeneration that holds it (the codec is needed)."
+                    if type(inner).__name__ == "MusicgenForCausalLM"
+                    else ""
+                )
+            )
+        channels = getattr(getattr(inner.config, "decoder", None), "audio_channels", 1)
+        if channels != 1:
+            raise NoiseProbeError(
+                f"Expected argument `model` to be a mono MusicGen but it has audio_channels={channels};"
+                " stereo is not supported."
+            )
+        param = next(inner.decoder.parameters())
+        name = str(getattr(inner.config, "_name_or_path", "") or "from_model")
+        backend = cls(model=name, device=param.device, dtype=param.dtype, dropout=None)
+        backend._model = inner
+        backend.tokenizer = getattr(processor, "tokenizer", processor)
+        return backend
 
     def load(self) -> TransformersBackend:
         """Build (``"tiny"``) or load the weights. Idempotent. Returns ``self``.

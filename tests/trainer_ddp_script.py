@@ -1,0 +1,68 @@
+"""Run by tests/test_integrations.py under torchrun (2 CPU processes, gloo): a real
+``transformers.Trainer`` with ``NoiseProbeTrainerCallback``. Each rank writes the probe
+metrics it logged to OUT/rank<r>.json; rank 0 saves the final weights to OUT/model.
+
+Usage: torchrun --nproc_per_node 2 trainer_ddp_script.py PROBE_DIR OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from lightning_noiseprobe import NoiseProbeTrainerCallback
+from lightning_noiseprobe.backends.transformers import build_tiny_transformers_musicgen
+
+
+def main() -> None:
+    probe_dir, out = sys.argv[1], Path(sys.argv[2])
+    model, tokenizer = build_tiny_transformers_musicgen(0)
+    model.config.decoder.decoder_start_token_id = model.config.decoder.bos_token_id
+    g = torch.Generator().manual_seed(0)
+    text = tokenizer(["a chorale"], return_tensors="pt")
+    data = [
+        {
+            "input_ids": text["input_ids"][0],
+            "attention_mask": text["attention_mask"][0],
+            "labels": torch.randint(0, 2048, (20, 4), generator=g),
+        }
+        for _ in range(8)
+    ]
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=3e-3,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        ddp_backend="gloo",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data[:2])
+    trainer.add_callback(
+        NoiseProbeTrainerCallback(
+            probe_audio=probe_dir, cache_dir="none", onset=60, lengths=(5, 20), clip_seconds=4.0
+        )
+    )
+    trainer.train()
+    rank = torch.distributed.get_rank()
+    logged = [
+        {k: v for k, v in h.items() if k.startswith("eval_noiseprobe/") or k == "step"}
+        for h in trainer.state.log_history
+        if "eval_loss" in h
+    ]
+    info = {"world_size": torch.distributed.get_world_size(), "evals": logged}
+    (out / f"rank{rank}.json").write_text(json.dumps(info))
+    if rank == 0:
+        trainer.save_model(str(out / "model"))
+
+
+if __name__ == "__main__":
+    main()
