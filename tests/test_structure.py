@@ -167,3 +167,19 @@ def test_no_module_over_the_line_limit(name: str) -> None:
     relative = path.relative_to(PACKAGE).as_posix()
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{relative} has {lines} lines (at most {MAX_LINES}); split it"
+
+
+def test_the_readme_layout_names_every_top_level_module_and_package() -> None:
+    """A newcomer finds each module in the README's layout table (it matches the tree)."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("Layout (one obvious home per concept") :]
+    names = [
+        p.name + ("/" if p.is_dir() else "")
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" and p.name != "__init__.py")
+        or (p.is_dir() and (p / "__init__.py").exists())
+    ]
+    probe = [f"probe/{p.name}" for p in (PACKAGE / "probe").glob("*.py") if p.name != "__init__.py"]
+    # a package counts as named when one of its modules is (`probe/spec.py`)
+    missing = [n for n in names + probe if f"`{n}" + ("" if n.endswith("/") else "`") not in layout]
+    assert missing == [], f"the README's layout table does not name {missing}"
