@@ -15,36 +15,45 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoProcessor, MusicgenForConditionalGeneration
 
-folder = sys.argv[1]
-processor = AutoProcessor.from_pretrained(folder)
-model = MusicgenForConditionalGeneration.from_pretrained(folder)
-sr = processor.feature_extractor.sampling_rate
-rng = np.random.default_rng(0)
-audio = [0.1 * rng.standard_normal(int(0.5 * sr)), 0.1 * rng.standard_normal(int(0.3 * sr))]
-inputs = processor(
-    text=["calm piano", "a bach chorale on the organ"],
-    audio=audio,
-    sampling_rate=sr,
-    padding=True,
-    return_tensors="pt",
-)
-with torch.no_grad():
-    codes = model.audio_encoder.encode(inputs["input_values"], inputs["padding_mask"]).audio_codes
-    labels = codes[0].transpose(1, 2)  # [B, T, K], as the fine-tuning example feeds them
-    out = model(
-        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels
+
+def main(folder: str) -> None:
+    processor = AutoProcessor.from_pretrained(folder)
+    model = MusicgenForConditionalGeneration.from_pretrained(folder)
+    sr = processor.feature_extractor.sampling_rate
+    rng = np.random.default_rng(0)
+    audio = [0.1 * rng.standard_normal(int(0.5 * sr)), 0.1 * rng.standard_normal(int(0.3 * sr))]
+    inputs = processor(
+        text=["calm piano", "a bach chorale on the organ"],
+        audio=audio,
+        sampling_rate=sr,
+        padding=True,
+        return_tensors="pt",
     )
-codec_name = model.config.audio_encoder._name_or_path
-print(
-    json.dumps(
-        {
-            "processor": type(processor).__name__,
-            "tokenizer": type(processor.tokenizer).__name__,
-            "feature_extractor": type(AutoFeatureExtractor.from_pretrained(codec_name)).__name__,
-            "input_ids": inputs["input_ids"].tolist(),
-            "input_values": list(inputs["input_values"].shape),
-            "labels": list(labels.shape),
-            "loss": float(out.loss),
-        }
+    with torch.no_grad():
+        codes = model.audio_encoder.encode(
+            inputs["input_values"], inputs["padding_mask"]
+        ).audio_codes
+        labels = codes[0].transpose(1, 2)  # [B, T, K], as the fine-tuning example feeds them
+        out = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels
+        )
+    codec_name = model.config.audio_encoder._name_or_path
+    print(
+        json.dumps(
+            {
+                "processor": type(processor).__name__,
+                "tokenizer": type(processor.tokenizer).__name__,
+                "feature_extractor": type(
+                    AutoFeatureExtractor.from_pretrained(codec_name)
+                ).__name__,
+                "input_ids": inputs["input_ids"].tolist(),
+                "input_values": list(inputs["input_values"].shape),
+                "labels": list(labels.shape),
+                "loss": float(out.loss),
+            }
+        )
     )
-)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

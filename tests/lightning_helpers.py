@@ -80,17 +80,23 @@ class CodeDicts(CodesDataset):
 
 
 def count_lm_passes(backend) -> list[int]:
-    """Record the rows of every LM pass the probe makes (audiocraft: clean passes and
-    continuations; other backends: their full-sequence passes)."""
+    """Record the rows of every LM pass the probe makes: clean passes and continuations
+    (audiocraft: each ``_nll_at_positions``; transformers: each decoder run of its fused
+    and shared-prefix paths)."""
     calls: list[int] = []
-    name = "_nll_at_positions" if hasattr(backend, "_nll_at_positions") else "token_nll_fast"
-    lm_pass = getattr(backend, name)
+    if hasattr(backend, "_nll_at_positions"):  # (sequence, ...)
+        owner, name, at = backend, "_nll_at_positions", 0
+    else:  # (decoder, ids, ...)
+        from lightning_noiseprobe.backends.transformers import prefix as owner
 
-    def counted(sequence, *args, **kwargs):
-        calls.append(int(sequence.shape[0]))
-        return lm_pass(sequence, *args, **kwargs)
+        name, at = "_decoder_states", 1
+    lm_pass = getattr(owner, name)
 
-    setattr(backend, name, counted)
+    def counted(*args, **kwargs):
+        calls.append(int(args[at].shape[0]))
+        return lm_pass(*args, **kwargs)
+
+    setattr(owner, name, counted)
     return calls
 
 
@@ -150,7 +156,7 @@ def assert_ranks_agree(ranks: list[dict], passes: list[int] | None = None) -> No
     # probe, the same passes on both ranks (FSDP layers all-gather in each): one clean pass
     # of both clips, then their 6 copies continued in passes of 4
     rows = [r["probe_forward_rows"] for r in ranks]
-    assert rows[0] == rows[1] == (passes or [2, 4, 2]) * 2
+    assert rows[0] == rows[1] == (passes or [2, 4, 2]) * 2, rows
 
 
 def assert_single_process_agrees(
