@@ -5,10 +5,11 @@ The transformers twin of ``AudiocraftBackend.token_nll_fast`` and
 (mono, delay pattern ``[0, 1, ..., K - 1]``):
 
 * :func:`token_nll_fast` runs the decoder (``MusicgenDecoder``, without its
-  ``lm_heads``) on the delayed sequence and takes the cross-entropy of the K
-  heads, stacked into one matrix, only at the positions that score a frame
-  (frame ``t`` of codebook ``k`` at delayed position ``t + k``), in row chunks
-  whose logits stay in cache; ``MusicgenForCausalLM.forward`` +
+  ``lm_heads``) on the delayed sequence and takes each of the K heads'
+  cross-entropy only at the positions that score a frame (frame ``t`` of
+  codebook ``k`` at delayed position ``t + k``), in row chunks whose logits stay
+  in cache (:func:`~lightning_noiseprobe.backends._common.delayed_heads_nll`,
+  shared with the audiocraft backend); ``MusicgenForCausalLM.forward`` +
   :func:`~lightning_noiseprobe.backends.transformers.delayed_lm_logits` would
   materialise, gather, NaN-fill and log-softmax the whole ``[B, K, T, card]``.
 * :func:`token_nll_shared_prefix` runs each clean sequence once with
