@@ -9,6 +9,7 @@ same weights bit for bit, the same NLL). Real-size runs are in
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 
 from lightning_noiseprobe.backends.audiocraft import EXPORT_FILES, AudiocraftBackend
 from lightning_noiseprobe.backends.audiocraft.configs import REAL_MODELS, real_config
+from lightning_noiseprobe.backends.audiocraft.export import load_pretrained
 from lightning_noiseprobe.backends.audiocraft.shapes import lm_parameter_count
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
@@ -70,6 +72,49 @@ def _same_module(got: torch.nn.Module, want: torch.nn.Module) -> None:
     ]
     assert not any(t.is_meta for t in [*got.parameters(), *got.buffers()])
     assert got.training is want.training is False
+
+
+def _hub_layout(tiny_export_dir: Path, folder: Path) -> Path:
+    """The tiny export with its LM in float16, as the hub stores MusicGen's LMs."""
+    folder.mkdir()
+    shutil.copy(tiny_export_dir / EXPORT_FILES[1], folder / EXPORT_FILES[1])
+    package = torch.load(tiny_export_dir / EXPORT_FILES[0], weights_only=True)
+    package["best_state"] = {k: v.half() for k, v in package["best_state"].items()}
+    torch.save(package, folder / EXPORT_FILES[0])
+    return folder
+
+
+@pytest.mark.parametrize(
+    "layout, dtype",
+    [("float32", torch.float32), ("hub", torch.float32), ("hub", torch.bfloat16)],
+)
+def test_lean_loader_gives_audiocraft_loaders_model(
+    tiny_export_dir: Path, tmp_path: Path, layout: str, dtype: torch.dtype
+) -> None:
+    """Meta-device build plus assigned weights = audiocraft's ``load_*_model`` then ``.to(dtype)``."""
+    from audiocraft.models import loaders
+    from audiocraft.models.musicgen import MusicGen
+    from omegaconf import OmegaConf
+
+    folder = (
+        tiny_export_dir if layout == "float32" else _hub_layout(tiny_export_dir, tmp_path / "m")
+    )
+    _, lm, codec, _ = load_pretrained(str(folder), dtype)
+    want_lm = loaders.load_lm_model(str(folder), device="cpu").to(dtype)
+    want_codec = loaders.load_compression_model(str(folder), device="cpu")
+    _same_module(lm, want_lm)
+    _same_module(codec, want_codec)
+    assert OmegaConf.to_container(lm.cfg) == OmegaConf.to_container(want_lm.cfg)
+    assert lm.condition_provider.device == "cpu"
+
+    codes = torch.randint(0, 2048, (2, 4, 60), generator=torch.Generator().manual_seed(1))
+    ours = AudiocraftBackend.from_model(MusicGen("lean", codec, lm))
+    theirs = AudiocraftBackend.from_model(MusicGen("audiocraft", want_codec, want_lm))
+    with torch.no_grad():
+        got, got_mask = ours.token_nll_fast(codes, ["a text", None])
+        want, want_mask = theirs.token_nll_fast(codes, ["a text", None])
+    assert torch.equal(got, want) and torch.equal(got_mask, want_mask)
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got[got_mask]).all())
 
 
 @pytest.fixture

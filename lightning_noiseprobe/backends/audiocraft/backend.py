@@ -185,7 +185,7 @@ class AudiocraftBackend(FusedScoring):
             name = "tiny"
             lm, codec = build_tiny_parts(self.seed, self.tiny_config)
         else:
-            name, lm, codec, self.codec_source = load_pretrained(self.model)
+            name, lm, codec, self.codec_source = load_pretrained(self.model, self.dtype)
         from audiocraft.models.musicgen import MusicGen
 
         lm = lm.to(device=self._device, dtype=self.dtype).eval()

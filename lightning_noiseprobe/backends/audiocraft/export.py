@@ -207,8 +207,8 @@ def _load_failure(err: BaseException) -> str:
     )
 
 
-def load_pretrained(model: str) -> tuple[str, Any, Any, Path]:
-    """Load ``(name, lm, codec, codec_file)`` on CPU in float32 from a folder or the hub.
+def load_pretrained(model: str, dtype: torch.dtype = torch.float32) -> tuple[str, Any, Any, Path]:
+    """Load ``(name, lm, codec, codec_file)`` on CPU (LM in ``dtype``, codec float32).
 
     ``model`` is an export folder or a hub id (``"small"``, ``"medium"``,
     ``"large"``, ``"melody"`` are short for the ``facebook/`` ones);
@@ -216,8 +216,10 @@ def load_pretrained(model: str) -> tuple[str, Any, Any, Path]:
     of a fine-tune copies it as is).
 
     Each export file is checked first (:func:`export_file_problem`, without
-    importing audiocraft), then loaded by audiocraft's own loaders; any
-    failure becomes one :class:`NoiseProbeError` naming the file and the problem.
+    importing audiocraft), then built with audiocraft's builders from its
+    ``xp.cfg`` as audiocraft's loaders do, holding each weight once
+    (:mod:`.loading`); any failure becomes one :class:`NoiseProbeError` naming
+    the file and the problem.
     """
     if os.path.isdir(model) and is_adapter_folder(model):
         raise NoiseProbeError(adapter_folder_message(model, "audiocraft"))
@@ -250,23 +252,43 @@ def load_pretrained(model: str) -> tuple[str, Any, Any, Path]:
 
     from audiocraft.models import loaders
 
-    # Both loaders use torch.load's default weights_only=True (torch >= 2.6).
-    try:
-        lm = loaders.load_lm_model(folder, device="cpu")  # float32 on CPU
-    except Exception as err:
-        raise NoiseProbeError(export_file_message(lm_file, _load_failure(err))) from err
+    from lightning_noiseprobe.backends.audiocraft import loading
+
+    # The codec first: its brief copy (random weights, then the file's) comes while the
+    # process is small; the LM's weights are then held once (`loading.build_lm`).
+    package = _read(codec_file)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
-            codec = loaders.load_compression_model(folder, device="cpu")
+            if "pretrained" in package:  # another hub model's codec: audiocraft's loader
+                codec = loaders.load_compression_model(folder, device="cpu")
+            else:
+                codec = loading.build_codec(package["xp.cfg"], package.pop("best_state"))
     except OSError as err:  # the codec may point at another hub model ('pretrained')
         raise NoiseProbeError(_hub_message(source, err)) from err
     except Exception as err:
         raise NoiseProbeError(export_file_message(codec_file, _load_failure(err))) from err
+    package = _read(lm_file)
+    try:
+        lm = loading.build_lm(package["xp.cfg"], package.pop("best_state"), dtype)
+    except Exception as err:
+        raise NoiseProbeError(export_file_message(lm_file, _load_failure(err))) from err
+    del package
     if "self_wav" in lm.condition_provider.conditioners:  # as MusicGen.get_pretrained
         lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
         lm.condition_provider.conditioners["self_wav"]._use_masking = False
     return model, lm, codec, codec_file
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The checked export file ``path``, read into memory (``weights_only=True``)."""
+    from lightning_noiseprobe.backends.audiocraft.loading import read_package
+
+    try:
+        return read_package(path)
+    except Exception as err:  # a damaged member that the check (no data read) did not see
+        problem = f"torch.load cannot read it ({type(err).__name__}: {one_line(str(err))})"
+        raise NoiseProbeError(export_file_message(path, problem)) from err
 
 
 def _hub_message(source: str, err: BaseException) -> str:
