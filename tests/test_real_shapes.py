@@ -117,6 +117,23 @@ def test_lean_loader_gives_audiocraft_loaders_model(
     assert got.dtype == torch.float32 and bool(torch.isfinite(got[got_mask]).all())
 
 
+def test_cli_bf16_true_loads_bfloat16_weights(tmp_path: Path, capsys) -> None:
+    import json
+
+    from audio_fixtures import write_audio
+
+    from lightning_noiseprobe.cli import main
+
+    clip = write_audio(tmp_path / "clip.wav", 32000, 1, seconds=4.5)
+    argv = ["probe", "--audio", clip, "--out", tmp_path / "out", "--precision", "bf16-true"]
+    spec = ["--onset", "60", "--lengths", "5", "--clip-seconds", "4", "--cache-dir", "none"]
+    code = main([*map(str, argv + spec), "--quiet", "--no-figures", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["backend"]["dtype"] == "bfloat16"
+    assert torch.isfinite(torch.tensor(metrics["summary"]["clean_loss"]))
+
+
 @pytest.fixture
 def scaled_down(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real configurations at a tiny width (a test-sized transformer and EnCodec)."""
