@@ -16,6 +16,7 @@ from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends._common import hf_offline, looks_like_path
 from lightning_noiseprobe.backends.adapters import (
     adapter_folder_message,
+    check_adapter_weights,
     is_adapter_folder,
 )
 
@@ -148,6 +149,7 @@ def load_adapter(adapter: str, base: str, dropout: float | None) -> tuple[Any, A
             f"Loading the PEFT adapter folder {adapter!r} needs peft, which is not installed:"
             " `pip install 'lightning-noiseprobe[peft]'` (or `pip install peft`)."
         ) from err
+    check_adapter_weights(adapter)  # a damaged file: one message naming it, before peft reads it
     try:
         wrapped = PeftModel.from_pretrained(model, adapter, is_trainable=False)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
