@@ -19,7 +19,9 @@ audiocraft is imported inside the functions.
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,7 +32,14 @@ from lightning_noiseprobe.backends._common import TINY_SIZES, init_codebooks_fro
 if TYPE_CHECKING:
     from audiocraft.models.musicgen import MusicGen
 
-__all__ = ["TINY_DEFAULTS", "TINY_MODELS", "build_tiny_musicgen", "build_tiny_parts"]
+__all__ = [
+    "RANDOM_T5_DEFAULTS",
+    "TINY_DEFAULTS",
+    "TINY_MODELS",
+    "build_tiny_musicgen",
+    "build_tiny_parts",
+    "save_random_t5",
+]
 
 #: The tiny models' names (the ``model`` argument of the backend, the module and the CLI).
 TINY_MODELS = ("tiny", "tiny-stereo", "tiny-melody")
@@ -332,3 +341,95 @@ def build_tiny_parts(seed: int, overrides: dict[str, Any], model: str = "tiny") 
     codec.cfg = codec_cfg
     prepare_as_get_pretrained(lm)
     return lm, codec
+
+
+#: Size of a random T5 encoder written by :func:`save_random_t5` (``d_model``
+#: comes from the model's name: audiocraft's ``T5Conditioner.MODELS_DIMS``).
+RANDOM_T5_DEFAULTS: dict[str, Any] = {
+    "num_layers": 1,
+    "num_heads": 2,
+    "d_kv": 8,
+    "d_ff": 32,
+}
+
+#: What the random T5's sentencepiece vocabulary is trained on (a piece per word, then characters).
+_T5_TEXT = (
+    "piano organ guitar violin drums bass choir voice chorale bach calm slow fast loud soft "
+    "happy sad music song with and the a of in for"
+)
+
+
+def save_random_t5(
+    cache_dir: str | os.PathLike[str], name: str = "t5-base", seed: int = 0, **config: Any
+) -> Path:
+    """Write a random T5 encoder and its tokenizer into a Hugging Face hub cache as ``name``.
+
+    For offline tests and benchmarks of checkpoints whose config asks for a T5
+    text conditioner (``t5-base`` in every released MusicGen): audiocraft's
+    unchanged ``T5Conditioner`` then loads it with ``T5Tokenizer`` and
+    ``T5EncoderModel.from_pretrained(name)`` from ``cache_dir`` given as
+    ``HF_HUB_CACHE`` (with ``HF_HUB_OFFLINE=1``). The encoder has the width
+    audiocraft expects for ``name`` (768 for ``t5-base``) and the small sizes
+    of :data:`RANDOM_T5_DEFAULTS` unless ``config`` changes them (any
+    ``T5Config`` field); the tokenizer is a sentencepiece unigram model
+    trained on a few music words and the ASCII letters and digits (so any
+    ASCII text tokenizes), with T5's special ids (0 pad, 1 ``</s>``, 2
+    ``<unk>``) and 100 extra ids. Deterministic for a given ``seed``; the
+    global RNG state is left untouched.
+
+    Args:
+        cache_dir: the hub cache folder (created if missing), as ``HF_HUB_CACHE``.
+        name: the model id audiocraft will ask for (a key of ``T5Conditioner.MODELS_DIMS``).
+        seed: seed of the encoder's weights.
+        **config: ``T5Config`` fields overriding the small defaults.
+
+    Returns:
+        The snapshot folder written (``models--<name>/snapshots/<revision>``).
+    """
+    import hashlib
+    import io
+    import string
+
+    import sentencepiece as spm
+    from audiocraft.modules.conditioners import T5Conditioner
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    if name not in T5Conditioner.MODELS_DIMS:
+        raise NoiseProbeError(
+            f"Expected argument `name` among audiocraft's T5 models "
+            f"{sorted(T5Conditioner.MODELS_DIMS)} but got {name!r}."
+        )
+    words = _T5_TEXT.split()
+    lines = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
+    lines.append(string.ascii_letters + string.digits + string.punctuation)
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=proto,
+        model_type="unigram",
+        vocab_size=120,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    repo = Path(cache_dir) / f"models--{name.replace('/', '--')}"
+    revision = hashlib.sha1(f"{name} random {seed} {sorted(config.items())}".encode()).hexdigest()
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / "spiece.model").write_bytes(proto.getvalue())
+    tokenizer = T5Tokenizer(vocab_file=str(snapshot / "spiece.model"), extra_ids=100, legacy=True)
+    tokenizer.save_pretrained(snapshot)
+    sizes = {**RANDOM_T5_DEFAULTS, "d_model": T5Conditioner.MODELS_DIMS[name], **config}
+    t5_config = T5Config(vocab_size=len(tokenizer), **sizes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = T5EncoderModel(t5_config)
+    encoder.save_pretrained(snapshot)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot

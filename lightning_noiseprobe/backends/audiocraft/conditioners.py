@@ -119,6 +119,10 @@ def lazy_chroma_stem_class() -> type:
                 self.__dict__["demucs"] = model
             return model
 
+        def _get_stemmed_wav(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+            self.demucs  # noqa: B018  # built (or a clear error) before audiocraft imports demucs
+            return super()._get_stemmed_wav(wav, sample_rate)
+
         @property
         def stem_indices(self) -> torch.Tensor:  # type: ignore[override]
             """The ``vocals`` and ``other`` stems' indices (builds :attr:`demucs`)."""
