@@ -225,11 +225,11 @@ def missing_t5_message(cfg: Any, source: str) -> str | None:
         return None
     names = " and ".join(repr(n) for n in missing)
     offline = " and HF_HUB_OFFLINE is set" if hf_offline() else ""
-    commands = "; ".join(f"`huggingface-cli download {n}`" for n in missing)
+    commands = "; ".join(f"`hf download {n}`" for n in missing)
     return (
         f"Expected the T5 text encoder {names} that {source} conditions on (audiocraft's "
         f"T5Conditioner) in the Hugging Face cache {constants.HF_HUB_CACHE!r}, but it is not "
-        f"there{offline}. Download it once where the hub is reachable ({commands}, the "
-        f"files {list(_T5_FILES)} and the weights), then run again, or point HF_HOME / "
-        "HF_HUB_CACHE at a cache that holds it."
+        f"there{offline}. Download it once where the hub is reachable ({commands}; "
+        "`huggingface-cli download` before huggingface_hub 0.34), then run again, or point "
+        "HF_HOME / HF_HUB_CACHE at a cache that holds it."
     )

@@ -329,20 +329,25 @@ def load_pretrained(model: str) -> tuple[str, Any, Any, Path]:
         if problem is not None:
             raise NoiseProbeError(export_file_message(path, problem))
 
-    from audiocraft.models import loaders
-
     from lightning_noiseprobe.backends.audiocraft.conditioners import (
         building_lms,
         missing_t5_message,
         prepare_as_get_pretrained,
     )
 
+    t5_source = f"{source}'s {EXPORT_FILES[0]!r}"
+    if hf_offline():  # a T5 missing from the cache cannot be fetched: say so before building
+        t5 = missing_t5_message(_saved_cfg(lm_file), t5_source)
+        if t5 is not None:
+            raise NoiseProbeError(t5)
+    from audiocraft.models import loaders
+
     # Both loaders use torch.load's default weights_only=True (torch >= 2.6).
     try:
         with building_lms():  # a melody model's demucs is built only for a real melody
             lm = loaders.load_lm_model(folder, device="cpu")  # float32 on CPU
     except Exception as err:
-        t5 = missing_t5_message(_saved_cfg(lm_file), f"{source}'s {EXPORT_FILES[0]!r}")
+        t5 = missing_t5_message(_saved_cfg(lm_file), t5_source)
         if t5 is not None:  # transformers' own error names neither the model nor the cache
             raise NoiseProbeError(t5) from err
         raise NoiseProbeError(export_file_message(lm_file, _load_failure(err))) from err
