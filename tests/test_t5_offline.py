@@ -74,10 +74,13 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _env(cache: Path, home: Path) -> dict[str, str]:
+def _run(code: list[str], cache: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """``python CODE...`` with the hub cache ``cache``, offline (read at import: a new process)."""
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     env.pop("TRANSFORMERS_CACHE", None)
-    return env
+    return subprocess.run(
+        [sys.executable, *code], capture_output=True, text=True, timeout=900, env=env
+    )
 
 
 def _fit_config(tmp_path: Path, t5_checkpoint: Path, clips: Path) -> Path:
@@ -142,13 +145,7 @@ def test_probe_and_fit_condition_on_t5_from_the_cache(
     # `noiseprobe probe ...` then `noiseprobe fit ...`: the console script's `main`, in one
     # process to import audiocraft once
     script = f"import sys; from lightning_noiseprobe.cli import main; sys.exit(main({probe!r}) or main({fit!r}))"
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=_env(hub_cache, tmp_path / "home"),
-    )
+    proc = _run(["-c", script], hub_cache, tmp_path / "home")
     assert proc.returncode == 0, proc.stderr
     assert not our_tracebacks(proc.stderr), proc.stderr
 
@@ -180,13 +177,11 @@ def test_without_t5_in_the_cache_one_line_says_how_to_get_it(
     empty = tmp_path / "empty_cache"
     empty.mkdir()
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "lightning_noiseprobe.cli", "probe", "--quiet", *SPEC_FLAGS]
-    proc = subprocess.run(
+    command = ["-m", "lightning_noiseprobe.cli", "probe", "--quiet", *SPEC_FLAGS]
+    proc = _run(
         [*command, "--model", str(t5_checkpoint), "--audio", str(clips), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env(empty, tmp_path / "home"),
+        empty,
+        tmp_path / "home",
     )
     assert proc.returncode == 2, proc.stderr
     assert not our_tracebacks(proc.stderr), proc.stderr
