@@ -474,7 +474,10 @@ class AudiocraftBackend(FusedScoring):
         together (:func:`lightning_noiseprobe._io.atomic_dir`); in an existing
         folder they replace an earlier export and other files are kept. A model
         loaded from a folder or the hub copies its codec file as is (see
-        :attr:`codec_source`). Files and folder get the usual permissions
+        :attr:`codec_source`), as does one wrapped with :meth:`from_model`
+        after audiocraft loaded it (the file ``musicgen.name`` points to);
+        a stereo codec is written as the hub's stereo models hold it, the
+        mono EnCodec (:func:`save_audiocraft_export`). Files and folder get the usual permissions
         (``0o666``/``0o777`` less the umask).
 
         Returns:
