@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -332,19 +333,31 @@ def test_stereo_export_is_the_hubs_and_loaded_models_export_again(tmp_path: Path
     torch.testing.assert_close(_nll(reloaded, codes), _nll(loaded, codes), atol=1e-6, rtol=0)
 
 
-def test_mono_model_loaded_by_audiocraft_exports(tiny_export_dir: Path, tmp_path: Path) -> None:
+def test_mono_model_loaded_by_audiocraft_exports(
+    tiny_export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from audiocraft.models.musicgen import MusicGen
 
-    loaded = AudiocraftBackend.from_model(
-        MusicGen.get_pretrained(str(tiny_export_dir), device="cpu")
-    )
-    out = loaded.export(tmp_path / "out")
+    musicgen = MusicGen.get_pretrained(str(tiny_export_dir), device="cpu")
+    out = AudiocraftBackend.from_model(musicgen).export(tmp_path / "out")
     for name in EXPORT_FILES:  # nothing changed: the same weights, the codec file as it was
         saved = torch.load(out / name, weights_only=True)["best_state"]
         source = torch.load(tiny_export_dir / name, weights_only=True)["best_state"]
-        assert saved.keys() == source.keys() and all(
-            torch.equal(saved[k], source[k]) for k in saved
-        )
+        assert saved.keys() == source.keys()
+        assert all(torch.equal(saved[k], source[k]) for k in saved)
+
+    # loaded from a hub id (`get_pretrained("facebook/...")` names it so): the codec file is
+    # found in audiocraft's hub cache, never downloaded
+    repo = tmp_path / "hub" / "models--facebook--musicgen-small"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(tiny_export_dir / EXPORT_FILES[1], snapshot / EXPORT_FILES[1])
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("AUDIOCRAFT_CACHE_DIR", str(tmp_path / "hub"))
+    musicgen.name = "facebook/musicgen-small"
+    hub = AudiocraftBackend.from_model(musicgen).export(tmp_path / "hub_out")
+    assert (hub / EXPORT_FILES[1]).read_bytes() == (snapshot / EXPORT_FILES[1]).read_bytes()
 
 
 def test_melody_export_round_trip(tmp_path: Path) -> None:
