@@ -41,8 +41,6 @@ __all__ = [
     "save_random_t5",
 ]
 
-#: The tiny models' names (the ``model`` argument of the backend, the module and the CLI).
-TINY_MODELS = ("tiny", "tiny-stereo", "tiny-melody")
 
 #: Size knobs of the tiny model, accepted by :func:`build_tiny_musicgen`.
 TINY_DEFAULTS: dict[str, Any] = {
@@ -226,6 +224,9 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "tiny-stereo": _STEREO_LM,
     "tiny-melody": _MELODY_LM,
 }
+
+#: The tiny models' names (the ``model`` argument of the backend, the module and the CLI).
+TINY_MODELS: tuple[str, ...] = tuple(_VARIANTS)
 
 
 def _merged(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
