@@ -244,9 +244,21 @@ def test_code_comparison_tolerates_only_near_ties(
 
 def test_export_of_loaded_model_copies_its_frozen_codec(tmp_path, tiny_export_dir) -> None:
     loaded = AudiocraftBackend(model=str(tiny_export_dir)).load()
-    # audiocraft's codec loader keeps no config: without the source file export must refuse
-    with pytest.raises(NoiseProbeError, match=r"compression_state_dict\.bin"):
-        save_audiocraft_export(loaded.musicgen, tmp_path / "refused")
+    # audiocraft's codec loader keeps no config: export copies the file the codec came from,
+    # found where `musicgen.name` points, and only if it holds these very weights
+    other = save_audiocraft_export(build_tiny_musicgen(seed=1), tmp_path / "other")
+    musicgen = loaded.musicgen
+    for name, why in ((str(other), "holds other codec weights"), ("nowhere/x", "names no folder")):
+        musicgen.name = name
+        with pytest.raises(NoiseProbeError, match=why) as info:
+            save_audiocraft_export(musicgen, tmp_path / "refused")
+        assert "codec_file=" in str(info.value)
+    assert not (tmp_path / "refused").exists()
+    musicgen.name = str(tiny_export_dir)
+    found = save_audiocraft_export(musicgen, tmp_path / "found")
+    assert (found / "compression_state_dict.bin").read_bytes() == (
+        tiny_export_dir / "compression_state_dict.bin"
+    ).read_bytes()
     assert loaded.codec_source == tiny_export_dir / "compression_state_dict.bin"
     with torch.no_grad():
         for p in loaded.lm.parameters():

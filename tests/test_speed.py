@@ -252,7 +252,7 @@ def test_backend_without_prefix_sharing_falls_back(tiny_backend, probe_set):
 
 def test_unsupported_lm_falls_back_to_full_scoring(tiny_backend, probe_set, monkeypatch):
     backend = AudiocraftBackend("tiny").load()
-    # e.g. another codebook pattern, a prepend fuser or an FSDP-wrapped LM
+    # e.g. another codebook pattern, a summed condition or an FSDP-wrapped LM
     monkeypatch.setattr(backend, "_plain_delays", lambda: None)
     assert not backend.supports_prefix_sharing
     calls = []
