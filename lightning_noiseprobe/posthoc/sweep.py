@@ -276,7 +276,7 @@ def run_sweep(
                 cache.put(key, record)
             else:
                 out.reused += 1
-            entry = dict(record["entry"])
+            entry = {**record["entry"], "path": str(ckpt.path)}  # as named in this run
             logged = logged_values(ckpt, spec_hash)
             if logged is not None:
                 entry["logged"] = {
