@@ -43,6 +43,7 @@ def test_demo_pipeline_small(tmp_path, capsys):
     assert any("Bach chorale" in json.loads(p.read_text()).get("description", "") for p in sidecars)
 
 
+@pytest.mark.latest
 def test_lightning_cli_fit_with_config(tmp_path):
     override = tmp_path / "override.yaml"
     override.write_text(

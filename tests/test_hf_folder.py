@@ -20,7 +20,10 @@ import torch
 from lightning_noiseprobe.backends.transformers import TransformersBackend
 from lightning_noiseprobe.backends.transformers.hf_folder import tiny_t5_tokenizer
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning"),
+    pytest.mark.latest,  # also in the newest-release environment (make test-latest)
+]
 
 SCRIPT = Path(__file__).parent / "hf_folder_script.py"
 

@@ -21,6 +21,7 @@ from lightning_noiseprobe.callback import NoiseProbeCallback
 from lightning_noiseprobe.module import MusicGenLightningModule
 
 pytestmark = [
+    pytest.mark.latest,  # also in the newest-release environment (make test-latest)
     pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning"),
     pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),

@@ -319,6 +319,7 @@ def hf_text_probe_set(hf_backend, audio_dir):
     return build_probe_set(hf_backend, audio_dir, SPEC, descriptions=descs)
 
 
+@pytest.mark.latest
 @pytest.mark.parametrize("frames", [1, 37, 120])
 @pytest.mark.parametrize("descriptions", [None, ["a calm piano piece, slow", None]])
 def test_transformers_fast_paths_equal_token_nll(hf_backend, frames, descriptions):
@@ -356,6 +357,7 @@ def test_transformers_fast_paths_equal_token_nll(hf_backend, frames, description
                 assert err < 1e-5, (shared, batch_size, err)
 
 
+@pytest.mark.latest
 def test_transformers_probe_scores_equal_full_scoring(hf_backend, hf_text_probe_set):
     """``score_probe_set``'s default (prefix sharing) equals scoring every position."""
     shared = score_probe_set(hf_backend, hf_text_probe_set, batch_size=3)
