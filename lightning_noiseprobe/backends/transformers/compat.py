@@ -14,6 +14,9 @@ its ``MIGRATION_GUIDE_V5.md`` and ``models/musicgen``). The differences it meets
   on it; 5 builds an empty, untrained tokenizer of the config's class (the guide:
   tokenizers "trained or empty"), which would silently turn every text into
   ``<unk>``. :func:`load_tokenizer` returns ``None`` for such a source in both.
+* **Activation checkpointing**: a 5.x release renamed ``gradient_checkpointing_enable``
+  to ``activation_checkpointing_enable`` (the old name warns, goes in 6):
+  :func:`enable_activation_checkpointing`.
 * **Saved processors**: 4 writes the feature extractor to ``preprocessor_config.json``,
   5 nests it in ``processor_config.json``; each reads its own (and 5 the old file), so
   :mod:`.hf_folder` lets ``save_pretrained`` pick.
@@ -39,6 +42,7 @@ from typing import Any
 
 __all__ = [
     "cache_kwargs",
+    "enable_activation_checkpointing",
     "load_tokenizer",
     "musicgen_config",
     "output_cache",
@@ -98,3 +102,18 @@ def load_tokenizer(source: str, local_only: bool) -> Any:
         return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError, TypeError):
         return None  # unreadable tokenizer files: unconditional scoring only
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing on a transformers ``PreTrainedModel``.
+
+    ``activation_checkpointing_enable`` where it exists (transformers 5 deprecates
+    ``gradient_checkpointing_enable``), else ``gradient_checkpointing_enable``. Both set
+    each layer's ``gradient_checkpointing`` flag.
+    """
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
