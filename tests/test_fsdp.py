@@ -70,7 +70,6 @@ def test_two_process_fsdp2_probe_matches_single_process(tmp_path):
     )
 
 
-@pytest.mark.latest
 def test_two_process_fsdp2_probe_of_the_transformers_backend(tmp_path):
     """The transformers backend shards its decoder (layers, then the rest) and text
     projection; the probe calls them through their own forward, so nothing is gathered

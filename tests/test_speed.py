@@ -319,7 +319,6 @@ def hf_text_probe_set(hf_backend, audio_dir):
     return build_probe_set(hf_backend, audio_dir, SPEC, descriptions=descs)
 
 
-@pytest.mark.latest
 @pytest.mark.parametrize("frames", [1, 37, 120])
 @pytest.mark.parametrize("descriptions", [None, ["a calm piano piece, slow", None]])
 def test_transformers_fast_paths_equal_token_nll(hf_backend, frames, descriptions):
