@@ -120,7 +120,7 @@ class MusicGenLightningModule(pl.LightningModule):
             text-to-music); never applied outside training.
         gradient_checkpointing: recompute each transformer layer in the
             backward pass (audiocraft's ``checkpointing="torch"``,
-            transformers' non-reentrant ``gradient_checkpointing_enable``):
+            transformers' non-reentrant activation checkpointing):
             less memory, same numbers.
         freeze: name prefixes of trainable LM parameters to freeze
             (``None``: train everything). audiocraft: names in ``lm``, e.g.

@@ -57,6 +57,7 @@ def test_demo_pipeline_small(tmp_path, capsys):
         assert entry["logged"]["max_abs_diff"] <= 1e-6
 
 
+@pytest.mark.latest
 def test_lightning_cli_fit_with_config(tmp_path):
     override = tmp_path / "override.yaml"
     override.write_text(

@@ -25,7 +25,10 @@ from lightning_noiseprobe.backends.transformers import (
     build_tiny_transformers_musicgen,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning"),
+    pytest.mark.latest,  # also in the newest-release environment (make test-latest)
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A short probe: 1 clip, onset 60, two lengths.

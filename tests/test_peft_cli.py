@@ -21,6 +21,7 @@ from lightning_noiseprobe.cli import main
 
 SPEC = ["--onset", "60", "--lengths", "5,20", "--clip-seconds", "3.0"]
 METRICS = ("clean_loss", "delta_loss", "peak_sharpness", "peak_height")
+pytestmark = pytest.mark.latest  # also in the newest-release environment (make test-latest)
 
 
 @pytest.fixture(autouse=True)

@@ -356,6 +356,7 @@ def test_transformers_fast_paths_equal_token_nll(hf_backend, frames, description
                 assert err < 1e-5, (shared, batch_size, err)
 
 
+@pytest.mark.latest
 def test_transformers_probe_scores_equal_full_scoring(hf_backend, hf_text_probe_set):
     """``score_probe_set``'s default (prefix sharing) equals scoring every position."""
     shared = score_probe_set(hf_backend, hf_text_probe_set, batch_size=3)

@@ -76,7 +76,9 @@ def load_pretrained(model: str, dropout: float | None, base: str | None = None) 
         NoiseProbeError: if the folder holds no (complete) MusicGen or the hub
             id cannot be loaded (offline, not cached).
     """
-    from transformers import AutoTokenizer, MusicgenConfig, MusicgenForConditionalGeneration
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+
+    from lightning_noiseprobe.backends.transformers.compat import load_tokenizer
 
     if os.path.isdir(model) and is_adapter_folder(model):
         if base is None:
@@ -117,11 +119,7 @@ def load_pretrained(model: str, dropout: float | None, base: str | None = None) 
         )
     except (OSError, ValueError) as err:  # missing/corrupt files; offline or not cached
         raise NoiseProbeError(_load_message(source, local_only, err)) from err
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None  # no tokenizer files: unconditional scoring only
-    return loaded, tokenizer
+    return loaded, load_tokenizer(source, local_only)  # None: unconditional scoring only
 
 
 def load_adapter(adapter: str, base: str, dropout: float | None) -> tuple[Any, Any]:
