@@ -32,7 +32,10 @@ from audio_fixtures import write_audio
 
 from lightning_noiseprobe._errors import NoiseProbeError
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning"),
+    pytest.mark.latest,  # also in the newest-release environment (make test-latest)
+]
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "musicgen_finetune_script.py"

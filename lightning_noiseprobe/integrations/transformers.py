@@ -226,12 +226,11 @@ class NoiseProbeTrainerCallback(TrainerCallback):
                 return tokenizer, source
         folder = _model_folder(inner)
         if folder is not None:
-            from transformers import AutoTokenizer
+            from lightning_noiseprobe.backends.transformers.compat import load_tokenizer
 
-            try:
-                return AutoTokenizer.from_pretrained(folder, local_files_only=True), folder
-            except (OSError, ValueError, TypeError):
-                pass
+            tokenizer = load_tokenizer(folder, local_only=True)
+            if tokenizer is not None:
+                return tokenizer, folder
         return None, ""
 
     def _backend(self, model: Any, hook_kwargs: dict[str, Any] | None = None) -> ProbeBackend:
