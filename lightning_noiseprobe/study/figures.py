@@ -151,11 +151,9 @@ def detection_by_epoch(study: Mapping[str, Any], metrics: Sequence[str] = STUDY_
             ax_d.plot(miss, [ds[x] for x in miss], "o", mfc="white", color=color, ms=5)
             ax_p.plot(xs, ps, "o-", color=color, lw=1.2, ms=3, label=label)
         found = study["detection_epoch"].get(metric)
-        ax_d.set_title(
-            f"{metric}: detected at epoch {found if found is not None else 'never'}"
-            f" (level {lowest} vs {level_key(levels[-1])})",
-            fontsize=9,
-        )
+        pair = f"level {lowest} vs {level_key(levels[-1])}"
+        verdict = "not detected" if found is None else f"detected from epoch {found}"
+        ax_d.set_title(f"{metric}\n{pair}: {verdict}", fontsize=9)
         ax_d.axhline(0.0, color="gray", lw=0.6)
         ax_d.set_ylabel("effect d", fontsize=8)
         ax_p.set_yscale("log")
