@@ -1,5 +1,5 @@
 # Each target sets up its own environment (scripts/bootstrap.sh: uv + .venv).
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup demo test test-latest lint typecheck bench clean
 
 PY := .venv/bin/python
 
@@ -12,6 +12,16 @@ demo: setup
 test: setup
 	$(PY) -m pytest -n 2 $(ARGS)
 
+# The newest releases that pyproject.toml's ranges allow: scripts/latest_env.sh builds
+# .venv-latest afresh (the README's "Install without make" steps, uv, no [tool.uv] pins),
+# then the tests marked `latest`. LATEST_ARGS= (empty) runs the whole suite there.
+LATEST_ARGS ?= -m latest
+
+test-latest:
+	./scripts/latest_env.sh
+	.venv-latest/bin/python scripts/versions.py "newest releases"
+	.venv-latest/bin/python -m pytest -n 2 $(LATEST_ARGS) $(ARGS)
+
 lint: setup
 	.venv/bin/ruff check lightning_noiseprobe tests examples benchmarks
 	.venv/bin/ruff format --check lightning_noiseprobe tests examples benchmarks
@@ -23,4 +33,4 @@ bench: setup
 	$(PY) benchmarks/bench_probe.py $(ARGS)
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache runs noiseprobe_out .noiseprobe_cache
+	rm -rf .venv .venv-latest .pytest_cache .mypy_cache .ruff_cache runs noiseprobe_out .noiseprobe_cache

@@ -3,9 +3,10 @@
 1. renders Bach chorales (music21's corpus) to 32 kHz audio with a small synthesizer;
 2. fine-tunes the tiny MusicGen-shaped model (audiocraft) on them, with
    :class:`~lightning_noiseprobe.callback.NoiseProbeCallback` probing held-out
-   chorales every epoch and ``ModelCheckpoint`` keeping the sharpest-peak epoch;
+   chorales every epoch and ``ModelCheckpoint`` saving every epoch (best: the sharpest Peak);
 3. writes TensorBoard logs, exports the model in audiocraft's format, and prints
-   the headline metrics per epoch next to the validation loss.
+   the headline metrics per epoch next to the validation loss, and the ``noiseprobe sweep``
+   command that scores the saved checkpoints again after training.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_noiseprobe._defaults import DEFAULT_ONSET
 
-__all__ = ["EpochTable", "TrainingRun", "build_training", "chorale_datamodule", "run_demo"]
+__all__ = [
+    "EpochTable",
+    "TrainingRun",
+    "build_training",
+    "chorale_datamodule",
+    "run_demo",
+    "sweep_command",
+]
 
 TABLE_COLUMNS = (
     ("val/ce", "val_ce"),
@@ -169,7 +177,7 @@ def build_training(
     ``seed``), :class:`~lightning_noiseprobe.callback.NoiseProbeCallback` (on
     ``probe_audio``, else the datamodule's probe split; tokens cached in
     ``cache_dir``, default ``workdir/token_cache``), optionally a
-    ``ModelCheckpoint`` keeping the sharpest-peak epoch and a TensorBoard
+    ``ModelCheckpoint`` keeping every epoch (the sharpest-peak one as best) and a TensorBoard
     logger under ``workdir``, then ``callbacks`` and an :class:`EpochTable`
     of ``columns``, and a deterministic CPU ``Trainer``.
     """
@@ -203,6 +211,7 @@ def build_training(
             auto_insert_metric_name=False,
             monitor="noiseprobe/peak_sharpness",
             mode="max",
+            save_top_k=-1,  # every epoch: `noiseprobe sweep` re-scores them after training
             save_last=True,
         )
     table = EpochTable(columns)
@@ -292,10 +301,30 @@ def run_demo(
     print(
         f"exported model (audiocraft format): {export_dir}  -> MusicGen.get_pretrained('{export_dir}')"
     )
+    sweep = sweep_command(work, [str(f) for f in data.probe_files()], probe.spec, batch_size=8)
     print(f"look at it:  tensorboard --logdir {logger.log_dir}")
+    print(f"the probe columns again, from the saved checkpoints (after training):\n  {sweep}")
     return {
         "rows": table.rows,
         "export": str(export_dir),
         "log_dir": logger.log_dir,
         "history": probe.history,
+        "sweep_command": sweep,
     }
+
+
+def sweep_command(
+    workdir: str | os.PathLike[str], probe_files: Sequence[str], spec: Any, batch_size: int
+) -> str:
+    """The ``noiseprobe sweep`` command that scores the demo's checkpoints (one per epoch) on its
+    probe clips with its probe's spec and batch size, so it gives the callback's numbers again,
+    and puts them beside the run's own curves in TensorBoard."""
+    import shlex
+
+    work = Path(workdir)
+    argv = ["noiseprobe", "sweep", str(work / "checkpoints"), "--audio", *probe_files]
+    argv += ["--out", str(work / "sweep"), "--tensorboard", str(work / "tensorboard" / "sweep")]
+    argv += ["--onset", str(spec.onset), "--lengths", ",".join(map(str, spec.lengths))]
+    argv += ["--clip-seconds", f"{spec.clip_seconds:g}", "--batch-size", str(batch_size)]
+    argv += ["--cache-dir", str(work / "token_cache")]
+    return shlex.join(argv)

@@ -13,7 +13,12 @@ import sys
 
 import numpy as np
 import torch
-from transformers import AutoFeatureExtractor, AutoProcessor, MusicgenForConditionalGeneration
+from transformers import (
+    AutoFeatureExtractor,
+    AutoProcessor,
+    MusicgenForConditionalGeneration,
+    T5TokenizerFast,
+)
 
 
 def main(folder: str) -> None:
@@ -42,7 +47,8 @@ def main(folder: str) -> None:
         json.dumps(
             {
                 "processor": type(processor).__name__,
-                "tokenizer": type(processor.tokenizer).__name__,
+                "tokenizer_is_t5_fast": isinstance(processor.tokenizer, T5TokenizerFast)
+                and processor.tokenizer.is_fast,
                 "feature_extractor": type(
                     AutoFeatureExtractor.from_pretrained(codec_name)
                 ).__name__,

@@ -29,7 +29,10 @@ from lightning_noiseprobe.backends.transformers import (
 )
 from lightning_noiseprobe.functional.losses import codebook_cross_entropy, token_nll_from_logits
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning"),
+    pytest.mark.latest,  # also in the newest-release environment (make test-latest)
+]
 
 T = 120  # frames (2.4 s at 50 Hz)
 ATOL = 1e-4  # per-token NLL agreement, fp32

@@ -29,6 +29,7 @@ def probe_dir(tmp_path_factory):
     return d
 
 
+@pytest.mark.latest
 def test_training_is_bitwise_identical_with_and_without_probe(probe_dir, tmp_path):
     def run(with_probe: bool):
         pl.seed_everything(123, workers=True)
@@ -46,6 +47,7 @@ def test_training_is_bitwise_identical_with_and_without_probe(probe_dir, tmp_pat
         assert torch.equal(a, b), name
 
 
+@pytest.mark.latest
 def test_metrics_monitored_logged_and_modes_restored(probe_dir, tmp_path):
     probe = _probe(probe_dir, tmp_path, log_audio=True)
     model = ProtocolModule()

@@ -41,8 +41,23 @@ def test_demo_pipeline_small(tmp_path, capsys):
     # the rendered chorales carry descriptions the module trained on
     sidecars = list((tmp_path / "demo" / "chorales").glob("*.json"))
     assert any("Bach chorale" in json.loads(p.read_text()).get("description", "") for p in sidecars)
+    # the printed sweep command scores every epoch's checkpoint again: the callback's numbers
+    import shlex
+
+    assert f"  {out['sweep_command']}" in printed
+    assert main([*shlex.split(out["sweep_command"])[1:], "--quiet"]) == 0
+    sweep = json.loads((tmp_path / "demo" / "sweep" / "sweep.json").read_text())["checkpoints"]
+    assert [(e["epoch"], e["step"]) for e in sweep] == [
+        (h["epoch"], h["step"]) for h in out["history"]
+    ]
+    for entry, logged in zip(sweep, out["history"], strict=True):
+        assert entry["summary"]["peak_sharpness"] == pytest.approx(
+            logged["peak_sharpness"], abs=1e-6
+        )
+        assert entry["logged"]["max_abs_diff"] <= 1e-6
 
 
+@pytest.mark.latest
 def test_lightning_cli_fit_with_config(tmp_path):
     override = tmp_path / "override.yaml"
     override.write_text(

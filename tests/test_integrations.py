@@ -25,7 +25,10 @@ from lightning_noiseprobe.backends.transformers import (
     build_tiny_transformers_musicgen,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning"),
+    pytest.mark.latest,  # also in the newest-release environment (make test-latest)
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A short probe: 1 clip, onset 60, two lengths.
@@ -164,11 +167,12 @@ def test_trainer_callback_logs_matches_cli_and_leaves_training_unchanged(
     assert [h["eval_loss"] for h in evals] == [h["eval_loss"] for h in plain if "eval_loss" in h]
 
 
-def test_trainer_callback_failure_warns_logs_probe_ok_0_and_holds_the_monitor(
+def test_trainer_callback_failure_warns_and_logs_nan_with_probe_ok_0(
     probe_dir: Path, monkeypatch: pytest.MonkeyPatch, hf_model: Any
 ) -> None:
-    """A probe failing at an evaluation: warned, probe_ok 0, the monitored metric held at the
-    worst value (never a new best, not sent to the loggers); fatal=True re-raises."""
+    """A probe failing at an evaluation: warned, probe_ok 0, every other key NaN (the same keys
+    as a success, no made-up value); on_evaluate reuses the evaluation's probe; fatal=True
+    re-raises. (The Trainer's handling of the NaN: tests/test_trainer_script.py.)"""
     from types import SimpleNamespace
 
     model = hf_model
@@ -179,8 +183,10 @@ def test_trainer_callback_failure_warns_logs_probe_ok_0_and_holds_the_monitor(
         cb = lnp.NoiseProbeTrainerCallback(
             probe_audio=probe_dir, cache_dir="none", fatal=fatal, **SPEC
         )
+        calls: list[int] = []
 
-        def broken(*a: Any, **k: Any) -> Any:
+        def broken(*a: Any, calls: list[int] = calls, **k: Any) -> Any:
+            calls.append(1)
             raise RuntimeError("out of memory (simulated)")
 
         monkeypatch.setattr(cb.engine, "run", broken)
@@ -193,9 +199,13 @@ def test_trainer_callback_failure_warns_logs_probe_ok_0_and_holds_the_monitor(
         with pytest.warns(UserWarning, match=r"probe failed at step 2 .*RuntimeError.*fatal=True"):
             cb.on_log(args, state, None, logs=metrics, model=model)
         cb.on_evaluate(args, state, None, metrics=metrics, model=model)
-        assert state.log_history[-1]["eval_noiseprobe/probe_ok"] == 0.0
-        assert "eval_noiseprobe/peak_sharpness" not in state.log_history[-1]  # loggers: a gap
-        assert metrics["eval_noiseprobe/peak_sharpness"] == -torch.finfo(torch.float32).max
+        assert len(calls) == 1  # one probe per evaluation
+        logged = state.log_history[-1]
+        assert logged["eval_noiseprobe/probe_ok"] == 0.0
+        assert math.isnan(logged["eval_noiseprobe/peak_sharpness"])
+        assert math.isnan(metrics["eval_noiseprobe/peak_sharpness"])
+        names = {f"eval_{n}" for n in cb.engine.metric_names()} | {"eval_noiseprobe/probe_ok"}
+        assert {k for k in metrics if k.startswith("eval_noiseprobe/")} == names
         assert cb.failures[0]["step"] == 2
 
 
@@ -335,15 +345,15 @@ def test_trainer_callback_under_two_processes_every_rank_gets_the_same_value(
     assert ranks[0]["evals"] == ranks[1]["evals"] and len(ranks[0]["evals"]) == 1
     logged = ranks[0]["evals"][0]
     assert logged["eval_noiseprobe/probe_ok"] == 1.0
-    backend = TransformersBackend(model=out / "model").load()
-    metrics, _ = lnp.NoiseProber(clips, cache_dir="none", **SPEC).probe(backend)
-    # Measured: clean_loss bitwise equal, delta_loss 1.4e-5, region metrics up to 6.5e-4
-    # (the engine's sharded scoring of the perturbed copies differs slightly; reported).
+    # one process on the saved weights, computed by rank 0 with the same thread count and
+    # batch shapes (trainer_ddp_script.py): only the sharding differs
+    metrics = json.loads((out / "reference.json").read_text())
     diffs = {name: abs(logged[f"eval_{name}"] - value) for name, value in metrics.items()}
     worst = max(diffs, key=lambda k: diffs[k])
     print(
         f"2 ranks vs 1 process: max |diff| {diffs[worst]:.2e} ({worst}) over {len(diffs)} metrics"
     )
-    assert diffs["noiseprobe/clean_loss"] <= 1e-6
-    assert diffs["noiseprobe/delta_loss"] <= 1e-4
-    assert diffs[worst] <= 2e-3, diffs
+    assert len(diffs) >= 20
+    # Measured 0.0 on every metric (AMD EPYC, OMP_NUM_THREADS=1): the gather only moves
+    # rows. 1e-6 leaves room for nothing but the float sums of the analysis.
+    assert diffs[worst] <= 1e-6, diffs

@@ -20,6 +20,7 @@ from lightning_noiseprobe.audio import load_audio
 
 FIGURES = ("delta_curve", "loss_vs_length", "history")
 PNG = b"\x89PNG"
+pytestmark = pytest.mark.latest  # also in the newest-release environment (make test-latest)
 
 
 @pytest.fixture(scope="module")

@@ -252,6 +252,7 @@ class PeakShapeModule(ProtocolModule):
             self.logged.append({k: float(v) for k, v in values.items()})
 
 
+@pytest.mark.latest
 def test_in_a_lightning_validation_loop_with_early_stopping(probe, tmp_path):
     from lightning.pytorch.callbacks import EarlyStopping
 

@@ -21,6 +21,7 @@ from lightning_noiseprobe.cli import main
 
 SPEC = ["--onset", "60", "--lengths", "5,20", "--clip-seconds", "3.0"]
 METRICS = ("clean_loss", "delta_loss", "peak_sharpness", "peak_height")
+pytestmark = pytest.mark.latest  # also in the newest-release environment (make test-latest)
 
 
 @pytest.fixture(autouse=True)
@@ -145,3 +146,74 @@ def test_base_misuse_names_the_flag_and_value(folders, tmp_path, capsys):
     code, err = _main([*common, "--model", folders["adapter"]], capsys)
     assert code != 0 and "is a PEFT adapter folder" in err and "--backend transformers" in err, err
     assert not (tmp_path / "o").exists()
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>``: what ``weights_only=True`` must refuse."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _damaged(folders, root: Path, how: str) -> Path:
+    """A copy of the adapter folder with its weights damaged ``how``."""
+    import shutil
+
+    folder = root / f"adapter-{how}"
+    shutil.copytree(folders["adapter"], folder)
+    weights = folder / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    if how == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        weights.write_bytes(b"")
+    elif how == "garbage":  # a header length far past the end: "header too large"
+        weights.write_bytes(b"\xff" * 64)
+    elif how == "pickle":
+        weights.unlink()
+        torch.save({"base_model.model.x": _Payload(root / "ran")}, folder / "adapter_model.bin")
+    elif how == "none":
+        weights.unlink()
+    return folder
+
+
+@pytest.mark.parametrize("how", ["truncated", "pickle"])
+def test_damaged_adapter_file_is_one_error_line_exit_2(folders, tmp_path, how):
+    """Through the CLI as a subprocess: one `noiseprobe: error:` line naming the file, exit 2,
+    no output, and a pickled payload never runs."""
+    adapter = _damaged(folders, tmp_path, how)
+    out = tmp_path / "o"
+    proc = _cli(
+        *["probe", "--backend", "transformers", "--model", adapter, "--base", folders["base"]],
+        *["--audio", folders["audio"], "--out", out, "--quiet", "--cache-dir", "none", *SPEC],
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("noiseprobe: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    name = "adapter_model.bin" if how == "pickle" else "adapter_model.safetensors"
+    assert str(adapter / name) in lines[0], lines[0]
+    assert ("weights_only" if how == "pickle" else "truncated or not a safetensors") in lines[0]
+    assert not out.exists()
+    assert not (tmp_path / "ran").exists()  # the payload never ran
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage", "none"])
+def test_damaged_adapter_through_the_prober_is_a_noiseprobe_error(folders, tmp_path, how):
+    """The same guarantee in Python: a NoiseProbeError naming the file (or the folder)."""
+    from lightning_noiseprobe import NoiseProber
+    from lightning_noiseprobe._errors import NoiseProbeError
+    from lightning_noiseprobe.backends.transformers import TransformersBackend
+
+    adapter = _damaged(folders, tmp_path, how)
+    prober = NoiseProber(folders["audio"], onset=60, lengths=(5, 20), clip_seconds=3.0)
+    backend = TransformersBackend(model=str(adapter), base=str(folders["base"]))
+    with pytest.raises(NoiseProbeError) as info:
+        prober.probe(backend.load())
+    message = str(info.value)
+    named = str(adapter) if how == "none" else str(adapter / "adapter_model.safetensors")
+    assert named in message, message
+    assert {"empty": "is empty", "garbage": "reading it failed", "none": "neither"}[how] in message

@@ -297,6 +297,7 @@ def _cli(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.latest
 def test_cli_probe_paper_pipeline_and_new_perturbations(clip_dir, tmp_path):
     out = tmp_path / "out"
     proc = _cli(

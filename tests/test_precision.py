@@ -60,6 +60,7 @@ def test_fp16_on_cpu_is_refused_with_advice():
         precision_context("16-mixed", "cpu")
 
 
+@pytest.mark.latest
 @pytest.mark.parametrize(
     ("precision", "expected"),
     [("bf16-mixed", (True, torch.float32)), ("bf16-true", (False, torch.bfloat16))],

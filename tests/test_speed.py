@@ -252,7 +252,7 @@ def test_backend_without_prefix_sharing_falls_back(tiny_backend, probe_set):
 
 def test_unsupported_lm_falls_back_to_full_scoring(tiny_backend, probe_set, monkeypatch):
     backend = AudiocraftBackend("tiny").load()
-    # e.g. another codebook pattern, a prepend fuser or an FSDP-wrapped LM
+    # e.g. another codebook pattern, a summed condition or an FSDP-wrapped LM
     monkeypatch.setattr(backend, "_plain_delays", lambda: None)
     assert not backend.supports_prefix_sharing
     calls = []
@@ -356,6 +356,7 @@ def test_transformers_fast_paths_equal_token_nll(hf_backend, frames, description
                 assert err < 1e-5, (shared, batch_size, err)
 
 
+@pytest.mark.latest
 def test_transformers_probe_scores_equal_full_scoring(hf_backend, hf_text_probe_set):
     """``score_probe_set``'s default (prefix sharing) equals scoring every position."""
     shared = score_probe_set(hf_backend, hf_text_probe_set, batch_size=3)

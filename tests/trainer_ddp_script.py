@@ -1,6 +1,12 @@
 """Run by tests/test_integrations.py under torchrun (2 CPU processes, gloo): a real
 ``transformers.Trainer`` with ``NoiseProbeTrainerCallback``. Each rank writes the probe
-metrics it logged to OUT/rank<r>.json; rank 0 saves the final weights to OUT/model.
+metrics it logged to OUT/rank<r>.json; rank 0 saves the final weights to OUT/model and
+writes OUT/reference.json: one process (world size 1) probing those saved weights.
+
+The reference runs in this same process, so both sides have the same thread count
+(torchrun's OMP_NUM_THREADS) and the same batch shapes (``batch_size=1``: every clip
+and copy is scored alone, so sharding the clips over ranks changes no batch); float
+kernels and codec near-ties are then the same on both sides, on any CPU.
 
 Usage: torchrun --nproc_per_node 2 trainer_ddp_script.py PROBE_DIR OUT_DIR
 """
@@ -14,8 +20,13 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 
-from lightning_noiseprobe import NoiseProbeTrainerCallback
-from lightning_noiseprobe.backends.transformers import build_tiny_transformers_musicgen
+from lightning_noiseprobe import NoiseProber, NoiseProbeTrainerCallback
+from lightning_noiseprobe.backends.transformers import (
+    TransformersBackend,
+    build_tiny_transformers_musicgen,
+)
+
+SPEC = {"onset": 60, "lengths": (5, 20), "clip_seconds": 4.0}
 
 
 def main() -> None:
@@ -47,9 +58,7 @@ def main() -> None:
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data[:2])
     trainer.add_callback(
-        NoiseProbeTrainerCallback(
-            probe_audio=probe_dir, cache_dir="none", onset=60, lengths=(5, 20), clip_seconds=4.0
-        )
+        NoiseProbeTrainerCallback(probe_audio=probe_dir, cache_dir="none", batch_size=1, **SPEC)
     )
     trainer.train()
     rank = torch.distributed.get_rank()
@@ -62,6 +71,10 @@ def main() -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(info))
     if rank == 0:
         trainer.save_model(str(out / "model"))
+        backend = TransformersBackend(model=out / "model").load()
+        prober = NoiseProber(probe_dir, cache_dir="none", batch_size=1, **SPEC)
+        metrics, _ = prober.probe(backend)  # world size 1
+        (out / "reference.json").write_text(json.dumps(metrics))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Sub-commands (each documented by ``noiseprobe <command> --help``):
 * ``bandstop`` write a copy with a frequency band deleted inside a window;
 * ``analyze``  detect the Peak / Assimilation / Recovery regions in two per-token loss CSVs;
 * ``probe``    score a model on a noise-injected probe set and write metrics, curves and figures;
+* ``sweep``    score a run's checkpoints on one probe set, against the training step;
+* ``compare``  score several models on one probe set, side by side;
 * ``demo``     the whole loop on the embedded tiny model and Bach chorales;
 * ``study``    controlled experiments on the demo's setup (``contamination``, ``overfit``);
 * ``fit`` / ``validate``  LightningCLI for fine-tuning with the callback.
@@ -22,7 +24,8 @@ One module per concern: :mod:`~lightning_noiseprobe.cli._common` (parser, value
 parsers, output checks), :mod:`~lightning_noiseprobe.cli.spec_flags` (the probe-set
 flags, made from ``ProbeSpec``'s fields), :mod:`~lightning_noiseprobe.cli.audio_edits`
 (``inject`` ... ``bandstop``), :mod:`~lightning_noiseprobe.cli.analyze`,
-:mod:`~lightning_noiseprobe.cli.probe`; ``demo``, the parser and :func:`main` are here.
+:mod:`~lightning_noiseprobe.cli.probe`, :mod:`~lightning_noiseprobe.cli.sweep`,
+:mod:`~lightning_noiseprobe.cli.compare`; ``demo``, the parser and :func:`main` are here.
 """
 
 from __future__ import annotations
@@ -102,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``noiseprobe`` argument parser (sub-commands registered here)."""
     from lightning_noiseprobe.cli.analyze import add_analyze_parser
     from lightning_noiseprobe.cli.audio_edits import add_audio_parsers
+    from lightning_noiseprobe.cli.compare import add_compare_parser
     from lightning_noiseprobe.cli.probe import add_probe_parser
+    from lightning_noiseprobe.cli.sweep import add_sweep_parser
     from lightning_noiseprobe.study.command import add_study_parser
 
     parser = _Parser(
@@ -120,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_audio_parsers(sub)
     add_analyze_parser(sub)
     add_probe_parser(sub)
+    add_sweep_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 

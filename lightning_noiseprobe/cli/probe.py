@@ -8,9 +8,10 @@ which files and where the results go.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.cli._common import (
@@ -24,7 +25,16 @@ from lightning_noiseprobe.cli._common import (
 )
 from lightning_noiseprobe.cli.spec_flags import SPEC_FLAGS, add_spec_flags, spec_flag, spec_kwargs
 
-__all__ = ["add_probe_parser", "format_summary"]
+if TYPE_CHECKING:
+    from lightning_noiseprobe.probe import ProbeSpec
+
+__all__ = [
+    "ProbeSetArgs",
+    "add_probe_parser",
+    "add_probe_set_flags",
+    "check_probe_set_args",
+    "format_summary",
+]
 
 #: The perturbation lists of a spec: a probe needs at least one of them.
 _PERTURBATION_LISTS = (
@@ -48,7 +58,8 @@ def add_probe_parser(sub: Any) -> None:
     p.add_argument(
         "--model",
         default="tiny",
-        help="'tiny' (built offline), a local folder of weights, or a hub id (default tiny)",
+        help="'tiny' (built offline; audiocraft also 'tiny-stereo', 'tiny-melody'), a local"
+        " folder of weights, or a hub id (default tiny)",
     )
     p.add_argument(
         "--base",
@@ -63,18 +74,35 @@ def add_probe_parser(sub: Any) -> None:
         default="audiocraft",
         help="model library (default audiocraft)",
     )
+    add_probe_set_flags(p, bf16_true=True)
+    p.set_defaults(func=_cmd_probe)
+
+
+def add_probe_set_flags(
+    p: argparse.ArgumentParser, out_help: str = "output folder", bf16_true: bool = False
+) -> None:
+    """The flags of a probe set and how it is scored, shared by ``probe``, ``sweep`` and
+    ``compare``: ``--audio``, ``--out``, every ``ProbeSpec`` field, batch size, precision,
+    device, conditioning, cache, ``--strict``, ``--no-figures``, ``--quiet``.
+
+    ``bf16_true`` adds ``--precision bf16-true`` (the LM's weights loaded in bfloat16:
+    ``probe`` only, which loads one model)."""
     p.add_argument(
         "--audio", required=True, nargs="+", metavar="DIR_OR_FILE", help="audio folder(s) or files"
     )
-    p.add_argument("--out", required=True, metavar="OUTDIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="OUTDIR", help=out_help)
     add_spec_flags(p)
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8)
+    bf16_help = (
+        "; bf16-true: the LM's weights in bfloat16, no autocast (half the memory:"
+        " MusicGen-large on a 24 GB machine)"
+    )
     p.add_argument(
         "--precision",
-        choices=("32", "bf16", "bf16-true", "16"),
+        choices=("32", "bf16", "bf16-true", "16") if bf16_true else ("32", "bf16", "16"),
         default="32",
-        help="32 (default); bf16, 16 (CUDA): autocast over float32 weights; bf16-true: the LM's"
-        " weights in bfloat16, no autocast (half the memory: MusicGen-large on a 24 GB machine)",
+        help="32 (default); bf16, 16 (CUDA): autocast over float32 weights"
+        + (bf16_help if bf16_true else ""),
     )
     p.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
@@ -102,15 +130,30 @@ def add_probe_parser(sub: Any) -> None:
     )
     p.add_argument("--no-figures", action="store_true", help="write metrics and curves only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_probe)
 
 
-def _cmd_probe(args: argparse.Namespace) -> int:
+@dataclasses.dataclass(frozen=True)
+class ProbeSetArgs:
+    """What :func:`check_probe_set_args` made of the flags of :func:`add_probe_set_flags`."""
+
+    spec: ProbeSpec
+    device: str
+    out: Path
+    cache_dir: Path | None
+    files: list[Path]
+
+
+def check_probe_set_args(args: argparse.Namespace) -> ProbeSetArgs:
+    """Check the flags of :func:`add_probe_set_flags` before any work: the spec, the device,
+    ``--out`` and ``--cache-dir`` writable, the audio files found.
+
+    Raises:
+        NoiseProbeError: naming the flag and the value.
+    """
     from lightning_noiseprobe.cli.audio_edits import check_reorder_segments
     from lightning_noiseprobe.probe import ProbeSpec, find_audio_files
-    from lightning_noiseprobe.report import OUTPUT_FILES
+    from lightning_noiseprobe.probe.probeset import default_cache_dir
 
-    # every check before any work: the spec, the device, the outputs, the inputs
     _check_regions_onset(args)
     if not any(getattr(args, name) for name in _PERTURBATION_LISTS):
         first, *others = (spec_flag(name) for name in _PERTURBATION_LISTS)
@@ -124,12 +167,15 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     with _flag_names({name: spec_flag(name) for name in SPEC_FLAGS}):
         spec = ProbeSpec(**spec_kwargs(args))
     _check_level(args)
-    _check_base(args)
     device = _device(args.device)
+    from lightning_noiseprobe.probe.runner import precision_context
+
+    with _flag_names({"precision": "--precision"}):  # fp16 needs CUDA: say so before any work
+        # bf16-true scores bfloat16 weights without autocast: checked as "32"
+        precision_context("32" if args.precision == "bf16-true" else args.precision, device)
     out = Path(args.out)
     _require_writable("--out", out, folder=True)
-    from lightning_noiseprobe.probe.probeset import default_cache_dir
-
+    cache_dir: Path | None
     if args.cache_dir is not None and args.cache_dir.lower() == "none":
         cache_dir = None
     elif args.cache_dir:
@@ -137,7 +183,22 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         _require_writable("--cache-dir", cache_dir, folder=True)
     else:
         cache_dir = default_cache_dir()
-    files = find_audio_files(args.audio)
+    return ProbeSetArgs(spec, device, out, cache_dir, find_audio_files(args.audio))
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from lightning_noiseprobe.report import OUTPUT_FILES
+
+    # every check before any work: the spec, the device, the outputs, the inputs
+    _check_base(args)
+    checked = check_probe_set_args(args)
+    spec, device, out, cache_dir, files = (
+        checked.spec,
+        checked.device,
+        checked.out,
+        checked.cache_dir,
+        checked.files,
+    )
     inputs = [("--audio", str(f)) for f in files]
     for flag, value in (("--model", args.model), ("--base", args.base)):
         if value is not None and os.path.lexists(value):

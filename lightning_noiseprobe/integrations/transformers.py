@@ -16,7 +16,11 @@ How it gets there: ``Trainer.evaluate`` logs the metrics (``on_log``) before it 
 ``on_evaluate``, and the Trainer puts its logger callbacks before the user's. So at the
 start of training the callback moves itself first in the Trainer's callback list and
 probes in ``on_log`` of an evaluation (the weights are those just evaluated: no training
-step runs in between), adding to the very dict ``evaluate`` returns.
+step runs in between), adding to the very dict ``evaluate`` returns. ``on_evaluate`` of
+the same evaluation reuses that probe; an evaluation whose ``on_log`` did not reach the
+callback is probed there. Every evaluation is probed on its own weights: a final
+``trainer.evaluate()`` after ``load_best_model_at_end`` probes the loaded best model, at
+the same ``global_step`` as the last evaluation of training.
 """
 
 from __future__ import annotations
@@ -49,19 +53,56 @@ log = logging.getLogger(__name__)
 class NoiseProbeTrainerCallback(TrainerCallback):
     """Probe the Trainer's model after each evaluation; log ``eval_<prefix>/<metric>``.
 
+    Example (a ``Trainer`` or ``Seq2SeqTrainer`` you already have)::
+
+        from lightning_noiseprobe import NoiseProbeTrainerCallback
+
+        args = TrainingArguments(
+            ...,
+            eval_strategy="steps",
+            metric_for_best_model="noiseprobe/peak_sharpness",  # the Trainer adds "eval_"
+            greater_is_better=True,
+            load_best_model_at_end=True,
+        )
+        trainer = Trainer(model=model, args=args, processing_class=processor, ...)
+        trainer.add_callback(NoiseProbeTrainerCallback(probe_audio="probe_clips/"))
+        trainer.train()  # eval_noiseprobe/peak_sharpness, ... in every evaluation
+
+    Probe clips: a folder (or files) of clean music, wav/flac/ogg/mp3 at any rate,
+    cropped to ``clip_seconds`` (15 s). The shortest usable clip is ``onset`` + the
+    longest window + a 5-token margin: **9.1 s** with the defaults (250 + 200 + 5 tokens
+    at 50 Hz); ``NoiseProber(...).spec.min_clip_seconds(50)`` gives it for other
+    settings. A clip with a ``.json`` sidecar (``{"description": ...}``) is scored with
+    that text, which needs the model's tokenizer: ``processor=``, else the Trainer's
+    ``processing_class`` (or ``tokenizer``), else the tokenizer files saved beside the
+    model; if none is found the callback stops before the first training step, naming
+    ``processor=``. ``unconditional=True`` scores every clip without text.
+
+    Metrics (every evaluation logs the same keys): ``eval_<prefix>/<metric>`` for the
+    summary metrics (``peak_sharpness``, ``delta_loss``, ``peak_mean``, ... as in the
+    README's table), ``eval_<prefix>/<group>/len<L>/<metric>`` per perturbation with
+    ``log_per_length``, and ``eval_<prefix>/probe_ok`` (1 or 0). A value that does not
+    exist is NaN: the mean of a region that is empty in every clip, a correlation over
+    one length, or every value of a failed probe. ``metric_for_best_model`` takes the
+    name without ``eval_`` (``"noiseprobe/peak_sharpness"``).
+
     Guarantees (as :class:`~lightning_noiseprobe.callback.NoiseProbeCallback`): the probe
     runs under ``no_grad`` with the model in eval mode (every submodule's mode restored)
     and the global RNGs restored, so training is bitwise the same with and without it.
-    Under ``torch.distributed`` (the Trainer launched with ``torchrun``/``accelerate``)
-    the clips are sharded over the processes and every process gets the same values.
+    Every evaluation probes the weights it evaluates, once (a final ``evaluate()`` after
+    ``load_best_model_at_end`` probes the best model). Under ``torch.distributed`` (the
+    Trainer launched with ``torchrun``/``accelerate``) the clips are sharded over the
+    processes and every process gets the same values.
 
     Failure policy: the probe set is built before the first training step (a
-    configuration error, such as no usable clip, raises :class:`NoiseProbeError` then).
-    A failure at an evaluation warns, logs ``eval_<prefix>/probe_ok`` = 0 (1 on
-    success), records it in :attr:`failures`, and training goes on; a
-    ``metric_for_best_model`` of this callback then sees the last successful value (a
-    tie, never a new best) or, before any, the worst value. NaN/inf model outputs log
-    the summary metrics as NaN. ``fatal=True`` re-raises instead.
+    configuration error, such as no usable clip or text conditions without a
+    tokenizer, raises :class:`NoiseProbeError` then). A failure at an evaluation warns,
+    logs ``eval_<prefix>/probe_ok`` = 0 and every other metric as NaN (no made-up
+    value reaches ``log_history``, ``eval_results.json`` or ``best_metric``), records it
+    in :attr:`failures`, and training goes on. transformers compares with ``>``/``<``,
+    which is false for NaN, so a failed evaluation is never a new best checkpoint and
+    counts for ``EarlyStoppingCallback`` as an evaluation without improvement, in both
+    directions of ``greater_is_better``. ``fatal=True`` re-raises instead.
 
     Args:
         probe_audio: folder(s) or files of clean probe clips.
@@ -70,10 +111,11 @@ class NoiseProbeTrainerCallback(TrainerCallback):
             ``lengths``, ``noises``, ...): as for ``NoiseProbeCallback``.
         precision: ``None`` follows the Trainer (``bf16``/``fp16`` autocast, else fp32);
             or ``"32"``, ``"bf16"``, ``"16"``.
-        processor: the model's processor or tokenizer (transformers models), needed
-            only for text conditions (``descriptions`` or ``.json`` sidecars).
+        processor: the model's processor or tokenizer, for text conditions
+            (``descriptions`` or ``.json`` sidecars); ``None``: the Trainer's
+            ``processing_class``, else the tokenizer saved beside the model.
         every_n_evals: probe every n-th evaluation (count from 1).
-        log_per_length: also log ``<prefix>/<noise>/len<L>/<metric>``.
+        log_per_length: also log ``<prefix>/<group>/len<L>/<metric>``.
         fatal: re-raise probe failures.
         prefix: metric name prefix.
     """
@@ -137,8 +179,12 @@ class NoiseProbeTrainerCallback(TrainerCallback):
         self.failures: list[dict[str, Any]] = []
         self.last_result: ProbeResult | None = None
         self._evals = 0
-        self._step_values: tuple[int, dict[str, float]] | None = None  # (step, metrics)
-        self._last_good: dict[str, float] = {}
+        #: The current evaluation's values, from its ``on_log`` to its ``on_evaluate``
+        #: (``(values,)``; ``(None,)`` when ``every_n_evals`` skips it), else ``None``.
+        self._pending: tuple[dict[str, float] | None] | None = None
+        self._tokenizer: Any = None
+        self._tokenizer_source = ""
+        self._succeeded = False
 
     # ------------------------------------------------------------------ setup
     def _move_first(self) -> None:
@@ -166,7 +212,29 @@ class NoiseProbeTrainerCallback(TrainerCallback):
             " reach metric_for_best_model and EarlyStoppingCallback but may miss the loggers."
         )
 
-    def _backend(self, model: Any) -> ProbeBackend:
+    def _find_tokenizer(self, inner: Any, hook_kwargs: dict[str, Any]) -> tuple[Any, str]:
+        """``(tokenizer, where it came from)``: ``processor=``, the Trainer's
+        ``processing_class`` / ``tokenizer``, else the files saved beside the model; ``(None, "")``
+        if none holds a text tokenizer."""
+        for source, candidate in (
+            ("processor=", self.processor),
+            ("the Trainer's processing_class", hook_kwargs.get("processing_class")),
+            ("the Trainer's tokenizer", hook_kwargs.get("tokenizer")),
+        ):
+            tokenizer = _text_tokenizer(candidate)
+            if tokenizer is not None:
+                return tokenizer, source
+        folder = _model_folder(inner)
+        if folder is not None:
+            from lightning_noiseprobe.backends.transformers.compat import load_tokenizer
+
+            tokenizer = load_tokenizer(folder, local_only=True)
+            if tokenizer is not None:
+                return tokenizer, folder
+        return None, ""
+
+    def _backend(self, model: Any, hook_kwargs: dict[str, Any] | None = None) -> ProbeBackend:
+        from lightning_noiseprobe.backends._common import unwrap_model
         from lightning_noiseprobe.backends.wrap import as_backend
 
         if model is None:
@@ -174,9 +242,37 @@ class NoiseProbeTrainerCallback(TrainerCallback):
                 "Expected the Trainer to pass its `model` to the callback but got None."
             )
         backend = as_backend(model)
-        if self.processor is not None and getattr(backend, "tokenizer", "") is None:
-            backend.tokenizer = getattr(self.processor, "tokenizer", self.processor)  # type: ignore[attr-defined]
+        if getattr(backend, "tokenizer", "") is None:
+            if self._tokenizer is None:
+                self._tokenizer, self._tokenizer_source = self._find_tokenizer(
+                    unwrap_model(model), hook_kwargs or {}
+                )
+            backend.tokenizer = self._tokenizer  # type: ignore[attr-defined]
         return backend
+
+    def _require_tokenizer(self, backend: ProbeBackend, model: Any) -> None:
+        """Text conditions without a tokenizer: a configuration error, before training."""
+        from lightning_noiseprobe.backends._common import unwrap_model
+
+        ps = self.engine.built
+        texts = [clip for clip in (ps.clips if ps is not None else []) if clip.description]
+        if not texts or getattr(backend, "tokenizer", "") is not None:
+            return
+        folder = _model_folder(unwrap_model(model))
+        beside = (
+            f"no tokenizer files in the model's folder {folder!r}"
+            if folder is not None
+            else "no local folder recorded in the model's config (`_name_or_path`) to read one from"
+        )
+        raise NoiseProbeError(
+            f"NoiseProbeTrainerCallback: {len(texts)} probe clip(s) have text conditions (e.g."
+            f" {texts[0].name!r}: {texts[0].conditioning}, {texts[0].description!r}) but no text"
+            " tokenizer was found: none given as `processor=`, none in the Trainer"
+            f" (`processing_class`/`tokenizer`), and {beside}. Pass"
+            " `NoiseProbeTrainerCallback(..., processor=processor)` (your MusicgenProcessor or"
+            " its tokenizer), or `unconditional=True` to score without text. Training has not"
+            " started."
+        )
 
     def on_train_begin(
         self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
@@ -184,7 +280,7 @@ class NoiseProbeTrainerCallback(TrainerCallback):
         """Move first among the callbacks; build the probe set before the first step."""
         self._move_first()
         try:
-            backend = self._backend(model)
+            backend = self._backend(model, kwargs)
             with isolated_probe(backend.lm):
                 self.engine.probe_set(backend)
         except NoiseProbeError:
@@ -194,6 +290,7 @@ class NoiseProbeTrainerCallback(TrainerCallback):
                 f"NoiseProbeTrainerCallback could not prepare the probe set before training"
                 f" ({type(err).__name__}: {err}); training has not started."
             ) from err
+        self._require_tokenizer(backend, model)
 
     # ------------------------------------------------------------------ probing
     @staticmethod
@@ -215,39 +312,48 @@ class NoiseProbeTrainerCallback(TrainerCallback):
             return precision_context("16", device)
         return None
 
-    def _values(self, args: Any, state: Any, model: Any) -> dict[str, float] | None:
-        """This step's metrics (``<prefix>/<metric>``), probing once per step; ``None`` when
-        this evaluation is not probed (``every_n_evals``)."""
-        step = int(state.global_step)
-        if self._step_values is not None and self._step_values[0] == step:
-            return self._step_values[1]
+    def _names(self) -> list[str]:
+        """Every key an evaluation logs (without the evaluation's prefix)."""
+        return [
+            *self.engine.metric_names(self.prefix, self.log_per_length),
+            f"{self.prefix}/probe_ok",
+        ]
+
+    def _evaluation(
+        self, args: Any, state: Any, model: Any, hook_kwargs: dict[str, Any]
+    ) -> dict[str, float] | None:
+        """Probe the model as it is now, for one evaluation: every key of :meth:`_names`
+        (NaN where no value exists); ``None`` when ``every_n_evals`` skips this evaluation."""
         self._evals += 1
         if self._evals % self.every_n_evals:
             return None
-        ok_key = f"{self.prefix}/probe_ok"
+        step = int(state.global_step)
+        values = dict.fromkeys(self._names(), math.nan)
         started = time.perf_counter()
         try:
-            values = {**self._probe(args, model), ok_key: 1.0}
-            self._last_good.update(values)
-            self.history.append(
-                {
-                    "step": step,
-                    "seconds": time.perf_counter() - started,
-                    "probe_ok": 1,
-                    **(self.last_result.summary if self.last_result else {}),
-                }
-            )
+            values.update(self._probe(args, model, hook_kwargs))
         except Exception as err:
-            values = self._on_failure(args, step, err)
-        self._step_values = (step, values)
+            self._on_failure(step, err)
+            values[f"{self.prefix}/probe_ok"] = 0.0
+            return values
+        values[f"{self.prefix}/probe_ok"] = 1.0
+        self._succeeded = True
+        self.history.append(
+            {
+                "step": step,
+                "seconds": time.perf_counter() - started,
+                "probe_ok": 1,
+                **(self.last_result.summary if self.last_result else {}),
+            }
+        )
         return values
 
-    def _probe(self, args: Any, model: Any) -> dict[str, float]:
+    def _probe(self, args: Any, model: Any, hook_kwargs: dict[str, Any]) -> dict[str, float]:
         import torch.distributed as dist
 
         from lightning_noiseprobe.probe.engine import torch_all_gather
 
-        backend = self._backend(model)
+        backend = self._backend(model, hook_kwargs)
         device = next(backend.lm.parameters()).device
         distributed = dist.is_available() and dist.is_initialized()
         result = self.engine.run(
@@ -267,37 +373,28 @@ class NoiseProbeTrainerCallback(TrainerCallback):
         name = name.removeprefix("eval_")
         return name if name.startswith(f"{self.prefix}/") else None
 
-    def _on_failure(self, args: Any, step: int, err: BaseException) -> dict[str, float]:
+    def _on_failure(self, step: int, err: BaseException) -> None:
         self.failures.append({"step": step, "error": repr(err)})
         self.history.append({"step": step, "probe_ok": 0, "error": f"{type(err).__name__}: {err}"})
         if self.fatal:
             raise err
-        values = {f"{self.prefix}/probe_ok": 0.0}
-        if isinstance(err, NonFiniteLossError):
-            from lightning_noiseprobe.probe.result import SUMMARY_METRICS
-
-            values.update({f"{self.prefix}/{k}": math.nan for k in SUMMARY_METRICS})
-        warnings.warn(
-            f"NoiseProbeTrainerCallback: the probe failed at step {step} ({type(err).__name__}: {err});"
-            f" training goes on unchanged. {self.prefix}/probe_ok is logged as 0 and the failure is in"
-            " `failures`. Pass fatal=True to stop instead.",
-            stacklevel=2,
+        why = (
+            "the model's outputs are NaN/inf"
+            if isinstance(err, NonFiniteLossError)
+            else f"{type(err).__name__}: {err}"
         )
-        return values
-
-    def _held(self, args: Any, values: dict[str, float]) -> dict[str, float]:
-        """The value a monitored metric this probe did not produce is held at: the last
-        success's (a tie: never a new best), else the worst for the direction."""
-        key = self._monitored(args)
-        if key is None or key in values:
-            return {}
-        if key in self._last_good:
-            return {key: self._last_good[key]}
-        worst = float(torch.finfo(torch.float32).max)
-        greater = getattr(args, "greater_is_better", None)
-        return {key: -worst if greater else worst}
+        warnings.warn(
+            f"NoiseProbeTrainerCallback: the probe failed at step {step} ({why}); training goes on"
+            f" unchanged. {self.prefix}/probe_ok is logged as 0 and its other metrics as NaN (never"
+            " a new best checkpoint, no improvement for early stopping); the failure is in"
+            " `failures`. Pass fatal=True to stop instead.",
+            stacklevel=3,
+        )
 
     # ------------------------------------------------------------------ hooks
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._pending = None  # weights change from here on: no evaluation is open
+
     def on_log(
         self,
         args: Any,
@@ -312,7 +409,8 @@ class NoiseProbeTrainerCallback(TrainerCallback):
         key_prefix = self._eval_prefix(logs)
         if key_prefix is None or logs is None:
             return
-        values = self._values(args, state, model)
+        values = self._evaluation(args, state, model, kwargs)
+        self._pending = (values,)
         if values is None:
             return
         named = {f"{key_prefix}_{k}": v for k, v in values.items()}
@@ -330,13 +428,66 @@ class NoiseProbeTrainerCallback(TrainerCallback):
         model: Any = None,
         **kwargs: Any,
     ) -> None:
-        """Make sure the evaluation's metrics hold this step's values (probing here if
-        ``on_log`` did not), plus a held value for a monitored metric the probe lacks."""
+        """Make sure the evaluation's metrics hold its probe: the one its ``on_log`` ran, or
+        one run here if the logs did not reach this callback."""
         key_prefix = self._eval_prefix(metrics)
         if key_prefix is None or metrics is None:
             return
-        values = self._values(args, state, model)
+        pending, self._pending = self._pending, None
+        values = pending[0] if pending is not None else self._evaluation(args, state, model, kwargs)
         if values is None:
             return
-        for name, value in {**values, **self._held(args, values)}.items():
+        for name, value in values.items():
             metrics.setdefault(f"{key_prefix}_{name}", value)
+
+    def _unset_best(self, args: Any, state: Any) -> bool:
+        """Whether ``state.best_metric`` holds only the ±inf transformers starts its comparisons
+        from: this callback's metric is monitored and no probe has succeeded yet (every
+        value was NaN, which never compares better)."""
+        best = getattr(state, "best_metric", None)
+        return (
+            self._monitored(args) is not None
+            and not self._succeeded
+            and isinstance(best, float)
+            and math.isinf(best)
+        )
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A checkpoint saved before any probe succeeded: its ``trainer_state.json`` says
+        ``best_metric`` null instead of transformers' starting ±inf. (The value in memory
+        stays, so early stopping keeps counting failed evaluations as no improvement.)"""
+        if not self._unset_best(args, state) or not getattr(args, "should_save", True):
+            return
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        path = os.path.join(
+            args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", "trainer_state.json"
+        )
+        if os.path.isfile(path):
+            best, state.best_metric = state.best_metric, None
+            try:
+                state.save_to_json(path)
+            finally:
+                state.best_metric = best
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Every probe failed: ``best_metric`` back to ``None`` (see :meth:`on_save`), so
+        ``trainer.save_state()`` writes no made-up best value."""
+        self._pending = None
+        if self._unset_best(args, state):
+            state.best_metric = None
+
+
+def _text_tokenizer(candidate: Any) -> Any:
+    """The text tokenizer in a processor (``.tokenizer``) or the candidate itself if it is
+    one; ``None`` otherwise (a feature extractor, ``None``)."""
+    from transformers import PreTrainedTokenizerBase
+
+    tokenizer = getattr(candidate, "tokenizer", candidate)
+    return tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else None
+
+
+def _model_folder(model: Any) -> str | None:
+    """The local folder the model was loaded from (``config._name_or_path``), if any."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return name if name and os.path.isdir(name) else None

@@ -29,7 +29,7 @@ import contextlib
 import math
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,13 @@ if TYPE_CHECKING:
     from lightning_noiseprobe.probe.probeset import ProbeSet
     from lightning_noiseprobe.probe.result import ProbeResult
 
-__all__ = ["PER_LENGTH_METRICS", "NoiseProber", "isolated_probe", "torch_all_gather"]
+__all__ = [
+    "PER_LENGTH_METRICS",
+    "NoiseProber",
+    "flat_metrics",
+    "isolated_probe",
+    "torch_all_gather",
+]
 
 #: Metrics broken down per (noise, length) by :meth:`NoiseProber.metrics` with ``per_length``.
 PER_LENGTH_METRICS = (
@@ -53,6 +59,38 @@ PER_LENGTH_METRICS = (
     "assimilation_mean",
     "recovery_mean",
 )
+
+
+def flat_metrics(
+    summary: Mapping[str, float],
+    by_length: Mapping[Any, Mapping[Any, Mapping[str, Any]]],
+    prefix: str = "noiseprobe",
+    per_length: bool = True,
+) -> dict[str, float]:
+    """The metric names and values the callbacks log, from a result's ``summary`` and
+    ``by_length`` (as :class:`~lightning_noiseprobe.probe.result.ProbeResult` holds them or
+    ``metrics.json`` stores them): ``{"<prefix>/<metric>": value}`` for the finite summary
+    values (p-values left out), and with ``per_length`` ``"<prefix>/<group>/len<L>/<metric>"``
+    for the :data:`PER_LENGTH_METRICS` of each noise and length.
+
+    >>> flat_metrics({"peak_mean": 0.5, "length_pearson_p": 0.01},
+    ...              {"white": {5: {"peak_mean": {"mean": 0.4, "std": 0.1, "n": 2}}}})
+    {'noiseprobe/peak_mean': 0.5, 'noiseprobe/white/len5/peak_mean': 0.4}
+    """
+    out = {
+        f"{prefix}/{k}": float(v)
+        for k, v in summary.items()
+        if not k.endswith("_p") and math.isfinite(v)
+    }
+    if per_length:
+        for group, by_len in by_length.items():
+            for length, metrics in by_len.items():
+                for name in PER_LENGTH_METRICS:
+                    value = metrics.get(name, {}).get("mean")
+                    if value is not None and math.isfinite(value):
+                        out[f"{prefix}/{group}/len{length}/{name}"] = float(value)
+    return out
+
 
 AllGather = Callable[[torch.Tensor], torch.Tensor]
 ProbeAudio = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -365,20 +403,8 @@ class NoiseProber:
     ) -> dict[str, float]:
         """The finite summary metrics as ``{"<prefix>/<metric>": value}`` (p-values left
         out), and with ``per_length`` the :data:`PER_LENGTH_METRICS` of each noise and
-        length as ``"<prefix>/<group>/len<L>/<metric>"``."""
-        out = {
-            f"{prefix}/{k}": float(v)
-            for k, v in result.summary.items()
-            if not k.endswith("_p") and math.isfinite(v)
-        }
-        if per_length:
-            for group, by_len in result.by_length.items():
-                for length, metrics in by_len.items():
-                    for name in PER_LENGTH_METRICS:
-                        value = metrics.get(name, {}).get("mean")
-                        if value is not None and math.isfinite(value):
-                            out[f"{prefix}/{group}/len{length}/{name}"] = float(value)
-        return out
+        length as ``"<prefix>/<group>/len<L>/<metric>"`` (:func:`flat_metrics`)."""
+        return flat_metrics(result.summary, result.by_length, prefix, per_length)
 
     def metric_names(self, prefix: str = "noiseprobe", per_length: bool = True) -> list[str]:
         """Every name :meth:`metrics` can return for this spec."""

@@ -2,7 +2,11 @@
 
 Split as audiocraft keeps these roles apart:
 
-* :mod:`.builders`: the tiny model, built offline with audiocraft's builders;
+* :mod:`.builders`: the tiny models (``tiny``, ``tiny-stereo``, ``tiny-melody``),
+  built offline with audiocraft's builders, and a random T5 for a hub cache;
+* :mod:`.conditioners`: building LMs whose conditioners would download at
+  construction (a melody model's demucs, deferred to a real melody; a T5
+  missing from the cache, named);
 * :mod:`.export`: audiocraft's export format (writing, checking, loading, hub);
 * :mod:`.backend`: :class:`AudiocraftBackend`, the probe and training contract;
 * :mod:`.scoring` and :mod:`.prefix`: the fused scoring paths and the
@@ -13,12 +17,17 @@ package stays cheap.
 """
 
 from lightning_noiseprobe.backends.audiocraft.backend import AudiocraftBackend
-from lightning_noiseprobe.backends.audiocraft.builders import TINY_DEFAULTS, build_tiny_musicgen
+from lightning_noiseprobe.backends.audiocraft.builders import (
+    TINY_DEFAULTS,
+    TINY_MODELS,
+    build_tiny_musicgen,
+)
 from lightning_noiseprobe.backends.audiocraft.export import EXPORT_FILES, save_audiocraft_export
 
 __all__ = [
     "EXPORT_FILES",
     "TINY_DEFAULTS",
+    "TINY_MODELS",
     "AudiocraftBackend",
     "build_tiny_musicgen",
     "save_audiocraft_export",

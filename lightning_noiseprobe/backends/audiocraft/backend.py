@@ -2,10 +2,12 @@
 
 Three sources, picked by ``model``:
 
-* ``"tiny"``: a tiny MusicGen with MusicGen's real interface (32 kHz mono,
-  50 Hz, 4 codebooks x 2048, delay pattern ``[0, 1, 2, 3]``) built offline
-  from audiocraft's own builders, seeded (:mod:`.builders`). For tests and
-  demos; no download.
+* ``"tiny"``, ``"tiny-stereo"``, ``"tiny-melody"``: tiny MusicGens with the
+  real interfaces of ``musicgen-small`` (32 kHz mono, 50 Hz, 4 codebooks x
+  2048, delay pattern ``[0, 1, 2, 3]``), ``musicgen-stereo-small`` (8
+  interleaved codebooks) and ``musicgen-melody`` (chroma and text prepended),
+  built offline from audiocraft's own builders, seeded (:mod:`.builders`).
+  For tests and demos; no download.
 * a local folder holding ``state_dict.bin`` and ``compression_state_dict.bin``
   in audiocraft's export format (:mod:`.export`).
 * a Hugging Face hub id such as ``facebook/musicgen-small``.
@@ -25,7 +27,11 @@ import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends._common import outside_inference_mode
-from lightning_noiseprobe.backends.audiocraft.builders import TINY_DEFAULTS, build_tiny_parts
+from lightning_noiseprobe.backends.audiocraft.builders import (
+    TINY_DEFAULTS,
+    TINY_MODELS,
+    build_tiny_parts,
+)
 from lightning_noiseprobe.backends.audiocraft.export import (
     EXPORT_FILES,
     load_pretrained,
@@ -60,7 +66,8 @@ class AudiocraftBackend(FusedScoring):
     belongs to the caller.
 
     Args:
-        model: ``"tiny"``, a local export folder, or a hub id
+        model: ``"tiny"`` (or ``"tiny-stereo"``, ``"tiny-melody"``, see
+            :data:`TINY_MODELS`), a local export folder, or a hub id
             (``"facebook/musicgen-small"``; ``"small"``, ``"medium"``,
             ``"large"``, ``"melody"`` are short for the ``facebook/`` ones).
         device: device for the LM and the codec.
@@ -112,7 +119,9 @@ class AudiocraftBackend(FusedScoring):
         self._wrapped = False  # set by `from_model`
 
     @classmethod
-    def from_model(cls, musicgen: MusicGen) -> AudiocraftBackend:
+    def from_model(
+        cls, musicgen: MusicGen, codec_file: str | os.PathLike[str] | None = None
+    ) -> AudiocraftBackend:
         """Wrap an already-loaded audiocraft ``MusicGen`` without copying it.
 
         The backend uses ``musicgen`` itself: its ``lm`` and
@@ -127,6 +136,9 @@ class AudiocraftBackend(FusedScoring):
             musicgen: an ``audiocraft.models.musicgen.MusicGen`` (or anything
                 with its ``lm`` and ``compression_model``), e.g. from
                 ``MusicGen.get_pretrained`` or :func:`build_tiny_musicgen`.
+            codec_file: the ``compression_state_dict.bin`` its codec was loaded
+                from, for :meth:`export` (``None``: found from ``musicgen.name``
+                when the codec has no config, see :func:`save_audiocraft_export`).
 
         Returns:
             A loaded backend around ``musicgen``.
@@ -156,6 +168,13 @@ class AudiocraftBackend(FusedScoring):
         backend.dtype = dtype
         backend._musicgen = musicgen
         backend._wrapped = True
+        if codec_file is not None:
+            if not os.path.isfile(codec_file):
+                raise NoiseProbeError(
+                    f"Expected argument `codec_file` to be an existing {EXPORT_FILES[1]!r} but "
+                    f"got {str(codec_file)!r}."
+                )
+            backend.codec_source = Path(codec_file)
         return backend
 
     @property
@@ -181,9 +200,9 @@ class AudiocraftBackend(FusedScoring):
         """
         if self._musicgen is not None:
             return self
-        if self.model == "tiny":
-            name = "tiny"
-            lm, codec = build_tiny_parts(self.seed, self.tiny_config)
+        if self.model in TINY_MODELS:
+            name = self.model
+            lm, codec = build_tiny_parts(self.seed, self.tiny_config, self.model)
         else:
             name, lm, codec, self.codec_source = load_pretrained(self.model, self.dtype)
         from audiocraft.models.musicgen import MusicGen
@@ -258,7 +277,7 @@ class AudiocraftBackend(FusedScoring):
         }
         if self._wrapped:
             out["source"] = "from_model"
-        elif self.model == "tiny":
+        elif self.model in TINY_MODELS:
             out["seed"] = self.seed
             out["tiny_config"] = {**TINY_DEFAULTS, **self.tiny_config}
         if self._musicgen is not None:
@@ -455,7 +474,10 @@ class AudiocraftBackend(FusedScoring):
         together (:func:`lightning_noiseprobe._io.atomic_dir`); in an existing
         folder they replace an earlier export and other files are kept. A model
         loaded from a folder or the hub copies its codec file as is (see
-        :attr:`codec_source`). Files and folder get the usual permissions
+        :attr:`codec_source`), as does one wrapped with :meth:`from_model`
+        after audiocraft loaded it (the file ``musicgen.name`` points to);
+        a stereo codec is written as the hub's stereo models hold it, the
+        mono EnCodec (:func:`save_audiocraft_export`). Files and folder get the usual permissions
         (``0o666``/``0o777`` less the umask).
 
         Returns:

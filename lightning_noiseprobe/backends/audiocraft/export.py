@@ -33,7 +33,9 @@ __all__ = [
     "EXPORT_FILES",
     "export_file_message",
     "export_file_problem",
+    "find_codec_file",
     "load_pretrained",
+    "mono_codec",
     "save_audiocraft_export",
 ]
 
@@ -51,7 +53,7 @@ _HUB_SHORT_NAMES = {
 def save_audiocraft_export(
     musicgen: Any, folder: str | os.PathLike[str], codec_file: str | os.PathLike[str] | None = None
 ) -> Path:
-    """Write a MusicGen as an audiocraft export folder.
+    """Write a MusicGen as an audiocraft export folder, in the hub's layout.
 
     Writes ``state_dict.bin`` (LM) and ``compression_state_dict.bin`` (codec),
     each ``{'xp.cfg': <YAML string>, 'best_state': state_dict, 'version',
@@ -60,21 +62,32 @@ def save_audiocraft_export(
     load it, with torch's safe ``weights_only=True`` loading. Each file is
     written to a temporary file and moved into place.
 
+    A stereo model's codec (``InterleaveStereoCompressionModel``) is written
+    as the hub's stereo models hold it: the wrapped mono EnCodec, which
+    ``MusicGen`` wraps again from the LM's config
+    (``interleave_stereo_codebooks``). audiocraft's loaders keep no codec
+    config, so a codec loaded by them (``MusicGen.get_pretrained``,
+    ``loaders.load_compression_model``) is copied from the file it came from
+    instead: ``codec_file``, else the ``compression_state_dict.bin`` of the
+    folder or cached hub model that ``musicgen.name`` names (what
+    ``MusicGen.get_pretrained(name)`` sets), used only if its weights are the
+    codec's (a file naming a ``'pretrained'`` codec is taken as is). The codec
+    is frozen during fine-tuning, so this is what a fine-tune needs.
+
     Args:
         musicgen: an ``audiocraft`` ``MusicGen`` (or anything with ``.lm`` and
-            ``.compression_model``) whose LM and codec carry their config as
-            ``.cfg`` (true for :func:`build_tiny_musicgen`; for the LM also
-            for audiocraft's loaders).
+            ``.compression_model``) whose LM carries its config as ``.cfg``
+            (:func:`build_tiny_musicgen` and audiocraft's loaders set it).
         folder: output folder, created if missing.
         codec_file: an existing ``compression_state_dict.bin`` to copy instead of
-            serialising the codec (the codec is frozen during fine-tuning; models
-            loaded from a folder or the hub keep no codec config to re-serialise).
+            serialising the codec.
 
     Returns:
         The folder, as a :class:`~pathlib.Path`.
 
     Raises:
-        NoiseProbeError: if the LM or codec has no ``cfg``.
+        NoiseProbeError: if the LM has no ``cfg``, or the codec has none and
+            no file holding it is found.
     """
     import shutil
 
@@ -82,9 +95,12 @@ def save_audiocraft_export(
     from omegaconf import OmegaConf
 
     folder = Path(folder)
+    codec = mono_codec(musicgen.compression_model)
+    if codec_file is None and getattr(codec, "cfg", None) is None:
+        codec_file = find_codec_file(musicgen)
     parts = {EXPORT_FILES[0]: musicgen.lm}
     if codec_file is None:
-        parts[EXPORT_FILES[1]] = musicgen.compression_model
+        parts[EXPORT_FILES[1]] = codec
     packages = {}
     for filename, module in parts.items():
         cfg = getattr(module, "cfg", None)
@@ -113,6 +129,71 @@ def save_audiocraft_export(
         with atomic_path(folder / EXPORT_FILES[1]) as tmp:
             shutil.copyfile(codec_file, tmp)
     return folder
+
+
+def mono_codec(codec: Any) -> Any:
+    """The mono codec a stereo ``InterleaveStereoCompressionModel`` wraps, else ``codec`` itself."""
+    from audiocraft.models.encodec import InterleaveStereoCompressionModel
+
+    return codec.model if isinstance(codec, InterleaveStereoCompressionModel) else codec
+
+
+def find_codec_file(musicgen: Any) -> Path:
+    """The ``compression_state_dict.bin`` a loaded MusicGen's codec came from.
+
+    Looked for where ``musicgen.name`` points (``MusicGen.get_pretrained``
+    sets it to the folder or hub id it loaded): the folder, or the hub cache
+    (``AUDIOCRAFT_CACHE_DIR`` or the default; never downloaded). Taken only if
+    its weights are the codec's, or it names a ``'pretrained'`` codec.
+
+    Raises:
+        NoiseProbeError: if no such file is found.
+    """
+    codec = mono_codec(musicgen.compression_model)
+    name = str(getattr(musicgen, "name", "") or "")
+    candidate: Path | None = None
+    if name and os.path.isdir(name):
+        candidate = Path(name) / EXPORT_FILES[1]
+    elif name and not looks_like_path(name) and not os.path.exists(name):
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            found = try_to_load_from_cache(
+                _HUB_SHORT_NAMES.get(name, name),
+                EXPORT_FILES[1],
+                cache_dir=os.environ.get("AUDIOCRAFT_CACHE_DIR"),
+            )
+        except Exception:  # not a valid hub id
+            found = None
+        candidate = Path(found) if isinstance(found, str) else None
+    why = f"`musicgen.name` ({name!r}) names no folder or cached hub model holding one"
+    if candidate is not None and candidate.is_file():
+        why = f"'{candidate}' holds other codec weights"
+        if _holds_codec(candidate, codec):
+            return candidate
+    raise NoiseProbeError(
+        f"Expected the codec ({type(codec).__name__}) to carry its audiocraft config as "
+        f"`.cfg`, or a {EXPORT_FILES[1]!r} holding its weights to copy, but it has no config "
+        f"(audiocraft's loaders keep none) and {why}. Pass the file it was loaded from as "
+        "`codec_file=` (`save_audiocraft_export`, `AudiocraftBackend.from_model`)."
+    )
+
+
+def _holds_codec(path: Path, codec: Any) -> bool:
+    """Whether an export file holds ``codec``'s weights exactly (or names a pretrained codec)."""
+    if export_file_problem(path) is not None:
+        return False
+    import zipfile
+
+    package = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    if "pretrained" in package:  # audiocraft built the codec from that name
+        return True
+    saved = package["best_state"]
+    state = codec.state_dict()
+    return saved.keys() == state.keys() and all(
+        saved[k].dtype == v.dtype and torch.equal(saved[k], v.detach().cpu())
+        for k, v in state.items()
+    )
 
 
 #: How ``torch.save``'s legacy (pre-zip) format begins: pickle protocol 2, then its magic number.
@@ -250,6 +331,16 @@ def load_pretrained(model: str, dtype: torch.dtype = torch.float32) -> tuple[str
         if problem is not None:
             raise NoiseProbeError(export_file_message(path, problem))
 
+    from lightning_noiseprobe.backends.audiocraft.conditioners import (
+        missing_t5_message,
+        prepare_as_get_pretrained,
+    )
+
+    t5_source = f"{source}'s {EXPORT_FILES[0]!r}"
+    if hf_offline():  # a T5 missing from the cache cannot be fetched: say so before building
+        t5 = missing_t5_message(_saved_cfg(lm_file), t5_source)
+        if t5 is not None:
+            raise NoiseProbeError(t5)
     from audiocraft.models import loaders
 
     from lightning_noiseprobe.backends.audiocraft import loading
@@ -272,11 +363,12 @@ def load_pretrained(model: str, dtype: torch.dtype = torch.float32) -> tuple[str
     try:
         lm = loading.build_lm(package["xp.cfg"], package.pop("best_state"), dtype)
     except Exception as err:
+        t5 = missing_t5_message(_saved_cfg(lm_file), t5_source)
+        if t5 is not None:  # transformers' own error names neither the model nor the cache
+            raise NoiseProbeError(t5) from err
         raise NoiseProbeError(export_file_message(lm_file, _load_failure(err))) from err
     del package
-    if "self_wav" in lm.condition_provider.conditioners:  # as MusicGen.get_pretrained
-        lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
-        lm.condition_provider.conditioners["self_wav"]._use_masking = False
+    prepare_as_get_pretrained(lm)
     return model, lm, codec, codec_file
 
 
@@ -289,6 +381,17 @@ def _read(path: Path) -> dict[str, Any]:
     except Exception as err:  # a damaged member that the check (no data read) did not see
         problem = f"torch.load cannot read it ({type(err).__name__}: {one_line(str(err))})"
         raise NoiseProbeError(export_file_message(path, problem)) from err
+
+
+def _saved_cfg(path: Path) -> Any:
+    """The ``xp.cfg`` of a checked export file, parsed (``None`` if it cannot be read)."""
+    from omegaconf import OmegaConf
+
+    try:
+        package = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return OmegaConf.create(package["xp.cfg"])
+    except Exception:
+        return None
 
 
 def _hub_message(source: str, err: BaseException) -> str:

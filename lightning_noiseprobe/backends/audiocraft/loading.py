@@ -9,7 +9,10 @@ memory, no random init) with audiocraft's own builders and config handling, and
 ``load_state_dict(assign=True)`` makes the file's tensors the parameters, each
 cast to the target dtype as it is taken, its source freed at once. The
 condition provider, whose conditioners keep models and tensors outside their
-weights (a frozen T5, demucs), is built for real on the CPU.
+weights (a frozen T5) or buffers computed at construction (the melody's chroma
+filter bank), is built for real on the CPU; both builds run in
+:func:`~.conditioners.building_lms` (a melody model's demucs is built only for
+a real melody).
 
 The weights are read with a plain ``torch.load`` (``weights_only=True``), not
 ``mmap=True``: memory-mapped parameters would stay tied to the file, and a
@@ -101,6 +104,8 @@ def build_lm(xp_cfg: str, state: dict[str, torch.Tensor], dtype: torch.dtype) ->
     from audiocraft.models import builders, loaders
     from omegaconf import OmegaConf
 
+    from lightning_noiseprobe.backends.audiocraft.conditioners import building_lms
+
     cfg: Any = OmegaConf.create(xp_cfg)  # a DictConfig (the export check parsed it)
     cfg.device = "cpu"
     cfg.dtype = "float32"  # what audiocraft's loader sets on a CPU
@@ -109,9 +114,10 @@ def build_lm(xp_cfg: str, state: dict[str, torch.Tensor], dtype: torch.dtype) ->
     shell_cfg = cfg.copy()  # the LM without its conditioners, on the meta device
     shell_cfg.device = "meta"
     shell_cfg.conditioners = {}
-    with torch.device("meta"):  # also the parts built without `device` (embeddings, heads)
-        lm = builders.get_lm_model(shell_cfg)
-    lm.condition_provider = builders.get_conditioner_provider(cfg.transformer_lm.dim, cfg)
+    with building_lms():  # a melody model's demucs is built only for a real melody
+        with torch.device("meta"):  # also the parts built without `device` (embeddings, heads)
+            lm = builders.get_lm_model(shell_cfg)
+        lm.condition_provider = builders.get_conditioner_provider(cfg.transformer_lm.dim, cfg)
     lm.load_state_dict(_cast_state(state, dtype), strict=True, assign=True)
     lm.eval()
     lm.cfg = cfg

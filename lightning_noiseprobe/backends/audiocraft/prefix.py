@@ -68,7 +68,8 @@ def continuing(
     """Run ``transformer`` on positions ``[split, ...)`` of rows whose earlier keys/values are ``past``.
 
     ``past[m]`` holds self-attention module ``m``'s keys and values at
-    positions ``< split`` per clean sequence; row ``r`` uses sequence
+    positions ``< split`` per clean sequence (transformer positions:
+    conditions prepended to the sequence count); row ``r`` uses sequence
     ``index[r]``. Positions continue through the transformer's streaming
     offsets (sinusoidal embeddings); each self-attention module's ``forward``
     is replaced for the block by a continuation with PyTorch's fused attention

@@ -68,9 +68,10 @@ class FusedScoring(ProbeBackend):
 
         They apply to an unmodified ``LMModel`` (no FSDP wrapper, stock
         ``forward``) with a plain delay pattern (``flatten_first = 0``,
-        ``empty_initial = 0``), conditions fused only through cross-attention,
-        and absolute (sinusoidal) positions without RoPE; otherwise callers
-        fall back to :meth:`token_nll`.
+        ``empty_initial = 0``), conditions fused through cross-attention or
+        prepended to the sequence (a melody model's chroma and text), and
+        absolute (sinusoidal) positions without RoPE; otherwise callers fall
+        back to :meth:`token_nll`.
         """
         from audiocraft.models.lm import LMModel
         from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
@@ -83,7 +84,7 @@ class FusedScoring(ProbeBackend):
             or type(provider) is not DelayedPatternProvider
             or provider.flatten_first != 0
             or provider.empty_initial != 0
-            or any(lm.fuser.fuse2cond.get(op) for op in ("sum", "prepend", "input_interpolate"))
+            or any(lm.fuser.fuse2cond.get(op) for op in ("sum", "input_interpolate"))
             or getattr(lm.transformer, "positional_embedding", "sin") != "sin"
         ):
             return None
@@ -129,12 +130,17 @@ class FusedScoring(ProbeBackend):
         elsewhere. The cross-entropy runs per codebook on its output head, in
         float32, without stacking or reverting the ``[B, K, L, card]`` logits,
         over chunks of rows (positions x batch) whose logits stay in cache.
+
+        Prepended conditions in ``condition_tensors`` go before the sequence,
+        as in ``LMModel.forward`` (which drops their outputs); a continuation
+        passes none (its streaming state already holds them).
         """
         lm = self.lm
-        K = sequence.shape[1]
+        K, L = sequence.shape[1], sequence.shape[2]
         x = sum(lm.emb[k](sequence[:, k]) for k in range(K))
         x, cross = lm.fuser(x, condition_tensors)
         out = lm.transformer(x, cross_attention_src=cross)
+        out = out[:, out.shape[1] - L :]  # outputs at the prepended conditions score nothing
         if lm.out_norm is not None:
             out = lm.out_norm(out)
         return delayed_heads_nll(out, lm.linears, codes, delays, start, first_frame)
@@ -218,7 +224,10 @@ class FusedScoring(ProbeBackend):
         takes its value from the clean pass when ``t + d_k < split`` and from
         the continuation otherwise, so the result equals full scoring up to
         float rounding while the variants' prefixes (transformer and output
-        heads) are never computed.
+        heads) are never computed. Conditions prepended to the sequence (a
+        melody model's chroma and text) are part of the shared prefix: their
+        keys and values are kept with it and the variants attend to them
+        without running them again (positions continue after them).
 
         The LM is left as found (no streaming state, no hook, its own
         attention). Falls back to full scoring when the LM is not covered (see
@@ -261,13 +270,19 @@ class FusedScoring(ProbeBackend):
         owner = torch.arange(B, device=device).repeat_interleave(P)  # clean sequence of each row
         size = rows.shape[0] if batch_size is None else max(1, int(batch_size))
         past: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def keep_prefix_keys_values(module: Any, args: tuple[Any, ...]) -> None:
-            # inside the layer's forward, where a sharded (FSDP) layer has its weights
-            past[module] = self_attention_keys_values(module, args[0][:, :split])
+        prepend = set(lm.fuser.fuse2cond.get("prepend", []))
 
         with outside_inference_mode():
             condition_tensors = self._condition_tensors(B, descriptions)
+            # positions the prepended conditions take before the sequence, kept with the prefix
+            kept = split + sum(
+                int(pair[0].shape[1]) for name, pair in condition_tensors.items() if name in prepend
+            )
+
+            def keep_prefix_keys_values(module: Any, args: tuple[Any, ...]) -> None:
+                # inside the layer's forward, where a sharded (FSDP) layer has its weights
+                past[module] = self_attention_keys_values(module, args[0][:, :kept])
+
             hooks = [m.register_forward_pre_hook(keep_prefix_keys_values) for m in attentions]
             try:
                 clean_nll = self._nll_at_positions(
@@ -284,11 +299,12 @@ class FusedScoring(ProbeBackend):
             parts: list[torch.Tensor] = []
             for i in range(0, rows.shape[0], size):
                 index = owner[i : i + size]
-                conditions = {
+                conditions = {  # the prepended ones are in `past` already
                     name: tuple(t.index_select(0, index) for t in pair)
                     for name, pair in condition_tensors.items()
+                    if name not in prepend
                 }
-                with continuing(lm.transformer, past, index, split):
+                with continuing(lm.transformer, past, index, kept):
                     suffix_nll = self._nll_at_positions(
                         sequence[i : i + size], rows[i : i + size], conditions, delays, split
                     )

@@ -460,14 +460,15 @@ class TransformersBackend(FastScoringMixin, ProbeBackend):
         return params
 
     def enable_gradient_checkpointing(self) -> None:
-        """transformers' non-reentrant ``gradient_checkpointing_enable`` on the decoder.
+        """transformers' non-reentrant activation (gradient) checkpointing on the decoder.
 
         Non-reentrant: no inputs needing grad required, same numbers as without.
         """
-        decoder: Any = self._require_loaded().decoder
-        decoder.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
+        from lightning_noiseprobe.backends.transformers.compat import (
+            enable_activation_checkpointing,
         )
+
+        enable_activation_checkpointing(self._require_loaded().decoder)
 
     def fsdp_units(self) -> list[torch.nn.Module]:
         """Each decoder layer, then the decoder, then the text projection.

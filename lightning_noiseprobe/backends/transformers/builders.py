@@ -67,11 +67,12 @@ def build_tiny_transformers_musicgen(
         )
     from transformers import (
         EncodecConfig,
-        MusicgenConfig,
         MusicgenDecoderConfig,
         MusicgenForConditionalGeneration,
         T5Config,
     )
+
+    from lightning_noiseprobe.backends.transformers.compat import musicgen_config
 
     v = {**TINY_DEFAULTS, **overrides}
     card, n_q = 2048, 4
@@ -125,7 +126,7 @@ def build_tiny_transformers_musicgen(
         decoder_start_token_id=card,  # `forward(labels=...)` shifts the labels with it
         tie_word_embeddings=False,
     )
-    config = MusicgenConfig.from_sub_models_config(text_config, codec_config, decoder_config)
+    config = musicgen_config(text_config, codec_config, decoder_config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MusicgenForConditionalGeneration(config)

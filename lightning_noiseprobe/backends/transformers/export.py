@@ -16,6 +16,7 @@ from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends._common import hf_offline, looks_like_path
 from lightning_noiseprobe.backends.adapters import (
     adapter_folder_message,
+    check_adapter_weights,
     is_adapter_folder,
 )
 
@@ -75,7 +76,9 @@ def load_pretrained(model: str, dropout: float | None, base: str | None = None) 
         NoiseProbeError: if the folder holds no (complete) MusicGen or the hub
             id cannot be loaded (offline, not cached).
     """
-    from transformers import AutoTokenizer, MusicgenConfig, MusicgenForConditionalGeneration
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+
+    from lightning_noiseprobe.backends.transformers.compat import load_tokenizer
 
     if os.path.isdir(model) and is_adapter_folder(model):
         if base is None:
@@ -116,11 +119,7 @@ def load_pretrained(model: str, dropout: float | None, base: str | None = None) 
         )
     except (OSError, ValueError) as err:  # missing/corrupt files; offline or not cached
         raise NoiseProbeError(_load_message(source, local_only, err)) from err
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None  # no tokenizer files: unconditional scoring only
-    return loaded, tokenizer
+    return loaded, load_tokenizer(source, local_only)  # None: unconditional scoring only
 
 
 def load_adapter(adapter: str, base: str, dropout: float | None) -> tuple[Any, Any]:
@@ -148,6 +147,7 @@ def load_adapter(adapter: str, base: str, dropout: float | None) -> tuple[Any, A
             f"Loading the PEFT adapter folder {adapter!r} needs peft, which is not installed:"
             " `pip install 'lightning-noiseprobe[peft]'` (or `pip install peft`)."
         ) from err
+    check_adapter_weights(adapter)  # a damaged file: one message naming it, before peft reads it
     try:
         wrapped = PeftModel.from_pretrained(model, adapter, is_trainable=False)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:

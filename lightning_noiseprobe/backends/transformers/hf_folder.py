@@ -1,7 +1,9 @@
 """The tiny transformers MusicGen as a real Hugging Face folder (tokenizer, processor, configs).
 
 transformers' ``MusicgenProcessor`` accepts only a T5 tokenizer, and a
-folder needs ``preprocessor_config.json`` for ``AutoProcessor``. Everything
+folder needs the feature extractor's config for ``AutoProcessor``
+(``preprocessor_config.json`` in transformers 4, nested in ``processor_config.json``
+in 5: ``MusicgenProcessor.save_pretrained`` writes the installed one's). Everything
 here is built offline: the tiny model's tokenizer is a ``T5TokenizerFast``
 over a small Unigram vocabulary made with the ``tokenizers`` library (no
 sentencepiece file, no download), and the feature extractor is an
@@ -136,6 +138,6 @@ def save_hf_folder(model: Any, tokenizer: Any, tmp: str | os.PathLike[str], fina
         return
     processor = processor_for(model, tokenizer)
     if processor is not None:
-        processor.save_pretrained(tmp)  # tokenizer files + preprocessor_config.json
+        processor.save_pretrained(tmp)  # tokenizer files + the feature extractor's config
     else:
         tokenizer.save_pretrained(tmp)

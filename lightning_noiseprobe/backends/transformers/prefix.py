@@ -102,16 +102,18 @@ def _decoder_states(
     keep_cache: bool = False,
 ) -> tuple[torch.Tensor, Any]:
     """Final hidden states ``[B, L, dim]`` of ``MusicgenDecoder`` (layer norm included) and its cache."""
+    from lightning_noiseprobe.backends.transformers.compat import cache_kwargs, output_cache
+
     batch, k_books, length = ids.shape
     out = decoder.model.decoder(
         input_ids=ids.reshape(batch * k_books, length),
         encoder_hidden_states=text,
         encoder_attention_mask=text_mask,
-        past_key_values=past,
         use_cache=keep_cache or past is not None,
         return_dict=True,
+        **cache_kwargs(past),
     )
-    return out.last_hidden_state, out.past_key_values
+    return out.last_hidden_state, output_cache(out)
 
 
 def heads_nll(
