@@ -150,9 +150,12 @@ def child_run(
     if loader == "before":  # load_pretrained before the lean loader: audiocraft's loaders
         from audiocraft.models import loaders
 
+        from lightning_noiseprobe.backends.audiocraft.conditioners import building_lms
+
         for filename in EXPORT_FILES:
             assert export_file_problem(folder / filename) is None
-        lm = loaders.load_lm_model(str(folder), device="cpu")
+        with building_lms():  # as load_pretrained ran them (melody: no demucs)
+            lm = loaders.load_lm_model(str(folder), device="cpu")
         codec = loaders.load_compression_model(str(folder), device="cpu")
         lm = lm.to(dtype)
         modules = (lm, codec)
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from lightning_noiseprobe._errors import NoiseProbeError
             from lightning_noiseprobe.backends.audiocraft.shapes import lm_parameter_count
 
-            try:  # on the meta device; fails as the build would (melody without demucs)
+            try:  # on the meta device; fails as the build would
                 stored = lm_parameter_count(name) * DTYPES[args.file_dtype].itemsize / GIB
             except NoiseProbeError as err:
                 NOTES.append(f"skipped {name}: {err}")

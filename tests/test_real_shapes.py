@@ -58,6 +58,11 @@ def test_real_configs_have_the_released_sizes() -> None:
     assert stereo["interleave_stereo_codebooks"]["use"] and stereo["channels"] == 2
     melody = real_config("melody")[0]
     assert melody["fuser"]["prepend"] == ["self_wav", "description"]
+    # melody: medium's transformer without cross-attention (both conditions are prepended:
+    # 4 dim**2 and a norm per layer fewer), plus the chroma's 12 -> dim projection
+    d = 1536
+    less = lm_parameter_count("medium") - lm_parameter_count("melody")
+    assert less == 48 * (4 * d * d + 2 * d) - (12 * d + d)
     assert set(REAL_MODELS) == {"small", "medium", "large", "melody", "stereo-small"}
 
 
@@ -139,7 +144,9 @@ def scaled_down(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real configurations at a tiny width (a test-sized transformer and EnCodec)."""
     from lightning_noiseprobe.backends.audiocraft import configs
 
-    monkeypatch.setitem(configs.MODEL_SCALES, "small", {"dim": 64, "num_heads": 2, "num_layers": 2})
+    tiny = {"dim": 64, "num_heads": 2, "num_layers": 2}
+    monkeypatch.setitem(configs.MODEL_SCALES, "small", tiny)
+    monkeypatch.setitem(configs.MODEL_SCALES, "medium", tiny)  # melody's scale
     monkeypatch.setitem(configs._ENCODEC_32KHZ["seanet"], "n_filters", 4)
     monkeypatch.setitem(configs._ENCODEC_32KHZ["seanet"], "dimension", 16)
 
@@ -171,28 +178,44 @@ def test_random_weights_are_drawn_as_audiocraft_draws_them(scaled_down) -> None:
             assert float(got.abs().max() / value.abs().max()) == pytest.approx(1, abs=0.06), key
 
 
-def test_real_shape_export_is_the_hubs_layout(scaled_down, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["small", "melody"])
+def test_real_shape_export_is_the_hubs_layout(scaled_down, tmp_path: Path, name: str) -> None:
     """What the benchmarks load: float16 LM, float32 codec, the real config as YAML;
-    audiocraft's ``MusicGen.get_pretrained`` and the backend load it alike."""
+    audiocraft's ``MusicGen.get_pretrained`` and the backend load it alike. The melody
+    shape builds, exports and loads with no demucs, its chroma's computed buffer intact."""
+    import sys
+
     from audiocraft.models.musicgen import MusicGen
     from omegaconf import OmegaConf
 
+    from lightning_noiseprobe.backends.audiocraft.conditioners import building_lms
     from lightning_noiseprobe.backends.audiocraft.shapes import write_real_shape_export
 
-    folder = write_real_shape_export("small", tmp_path / "small")
+    folder = write_real_shape_export(name, tmp_path / name)
     lm_package, codec_package = (torch.load(folder / f, weights_only=True) for f in EXPORT_FILES)
     assert {v.dtype for v in lm_package["best_state"].values()} == {torch.float16}
     assert {v.dtype for v in codec_package["best_state"].values()} == {torch.float32}
     saved = OmegaConf.to_container(OmegaConf.create(lm_package["xp.cfg"]))
-    lm_cfg, codec_cfg = real_config("small")
-    assert saved["conditioners"]["description"]["model"] == "lut"  # offline T5 stand-in
-    saved.pop("conditioners"), lm_cfg.pop("conditioners")
-    assert saved == lm_cfg
+    lm_cfg, codec_cfg = real_config(name)
+    conditioners = saved.pop("conditioners")
+    assert conditioners.pop("description")["model"] == "lut"  # offline T5 stand-in
+    real_conditioners = lm_cfg.pop("conditioners")
+    del real_conditioners["description"]
+    assert conditioners == real_conditioners and saved == lm_cfg
     assert OmegaConf.to_container(OmegaConf.create(codec_package["xp.cfg"])) == codec_cfg
 
     backend = AudiocraftBackend(model=str(folder)).load()
-    musicgen = MusicGen.get_pretrained(str(folder), device="cpu")
+    with building_lms():  # audiocraft's loader would build demucs for the melody conditioner
+        musicgen = MusicGen.get_pretrained(str(folder), device="cpu")
     _same_module(backend.lm, musicgen.lm)
+    assert backend.supports_prefix_sharing
+    if name == "melody":  # built for real, not drawn: the STFT window of the chroma
+        window = lm_package["best_state"][
+            "condition_provider.conditioners.self_wav.chroma.spec.window"
+        ]
+        assert torch.equal(window, torch.hann_window(2**14).half())
+        assert backend.lm.fuser.fuse2cond["prepend"] == ["self_wav", "description"]
+        assert "demucs" not in sys.modules
     wav = torch.randn(1, 1, 32000, generator=torch.Generator().manual_seed(0))
     codes = backend.encode(wav)
     with torch.no_grad():

@@ -55,15 +55,29 @@ def _offline_text(lm_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _meta_lm(name: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """``(lm, lm_cfg, offline_cfg)``: the model's LM on the meta device (T5 replaced by a LUT)."""
+    """``(lm, lm_cfg, offline_cfg)``: the model's LM on the meta device (T5 replaced by a LUT).
+
+    The condition provider is built for real on the CPU (a few weights, and
+    buffers computed at construction: the melody's chroma filter bank and
+    STFT window), as :func:`~.loading.build_lm` builds it; the global RNG is
+    left untouched. Both builds run in :func:`~.conditioners.building_lms`, so
+    the melody conditioner needs no demucs.
+    """
     from audiocraft.models import builders
     from omegaconf import OmegaConf
 
+    from lightning_noiseprobe.backends.audiocraft.conditioners import building_lms
+
     lm_cfg, _ = real_config(name)
     offline_cfg = _offline_text(lm_cfg)
+    cfg = OmegaConf.create({**offline_cfg, "device": "cpu"})
+    shell_cfg = OmegaConf.create({**offline_cfg, "device": "meta", "conditioners": {}})
     try:  # shapes only: T5 (not in the LM's weights beyond its projection) is never loaded
-        with torch.device("meta"):
-            lm = builders.get_lm_model(OmegaConf.create({**offline_cfg, "device": "meta"}))
+        with building_lms(), torch.random.fork_rng(devices=[]):
+            with torch.device("meta"):
+                lm = builders.get_lm_model(shell_cfg)
+            dim = cfg.transformer_lm.dim
+            lm.condition_provider = builders.get_conditioner_provider(dim, cfg)
     except Exception as err:
         raise NoiseProbeError(
             f"Could not build the {name!r} MusicGen shape ({type(err).__name__}: {err})."
@@ -111,7 +125,9 @@ def _random_lm_state(lm: Any, tcfg: dict[str, Any], dtype: torch.dtype) -> dict[
             units.append((name, child, name in ("emb", "linears"), None))
     state: dict[str, torch.Tensor] = {}
     for prefix, unit, audiocraft_init, depth in units:
-        unit.to_empty(device="cpu")
+        on_meta = any(t.is_meta for t in [*unit.parameters(), *unit.buffers()])
+        if on_meta:  # the condition provider is real (its buffers are computed, not drawn)
+            unit.to_empty(device="cpu")
         sub: Any
         for sub in unit.modules():
             if audiocraft_init and isinstance(sub, (torch.nn.Linear, torch.nn.Embedding)):
@@ -129,7 +145,8 @@ def _random_lm_state(lm: Any, tcfg: dict[str, Any], dtype: torch.dtype) -> dict[
                 )
         for key, value in unit.state_dict().items():
             state[f"{prefix}.{key}"] = value.to(dtype) if value.is_floating_point() else value
-        unit.to_empty(device="meta")
+        if on_meta:
+            unit.to_empty(device="meta")
     expected = set(lm.state_dict())
     if set(state) != expected:  # pragma: no cover - a part the loop above does not know
         raise NoiseProbeError(
@@ -164,7 +181,7 @@ def write_real_shape_export(
 
     Raises:
         NoiseProbeError: on an unknown ``name`` or ``text``, or a model that
-            audiocraft cannot build here (the melody conditioner imports demucs).
+            audiocraft cannot build here.
     """
     import audiocraft
     from audiocraft.models import builders
