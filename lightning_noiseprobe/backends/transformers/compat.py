@@ -49,19 +49,23 @@ __all__ = [
 ]
 
 
-def musicgen_config(text_encoder: Any, audio_encoder: Any, decoder: Any) -> Any:
+def musicgen_config(text_encoder: Any, audio_encoder: Any, decoder: Any, **extra: Any) -> Any:
     """A ``MusicgenConfig`` from its three sub-configs (``T5Config``, ``EncodecConfig``,
-    ``MusicgenDecoderConfig``), as 4's ``from_sub_models_config`` made it.
+    ``MusicgenDecoderConfig``), as 4's ``from_sub_models_config`` made it; a
+    ``MusicgenMelodyConfig`` for a ``MusicgenMelodyDecoderConfig`` (``extra``: its
+    ``num_chroma``, ``chroma_length``).
 
     The sub-configs go in as dicts with their ``model_type``, which both majors' constructors
     accept (4's accepts only dicts, 5's dicts or config objects).
     """
-    from transformers import MusicgenConfig
+    from transformers import MusicgenConfig, MusicgenMelodyConfig
 
-    return MusicgenConfig(
+    melody = decoder.model_type == "musicgen_melody_decoder"
+    return (MusicgenMelodyConfig if melody else MusicgenConfig)(
         text_encoder=text_encoder.to_dict(),
         audio_encoder=audio_encoder.to_dict(),
         decoder=decoder.to_dict(),
+        **extra,
     )
 
 

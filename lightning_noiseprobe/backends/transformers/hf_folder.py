@@ -1,4 +1,4 @@
-"""The tiny transformers MusicGen as a real Hugging Face folder (tokenizer, processor, configs).
+"""The tiny transformers MusicGens as real Hugging Face folders (tokenizer, processor, configs).
 
 transformers' ``MusicgenProcessor`` accepts only a T5 tokenizer, and a
 folder needs the feature extractor's config for ``AutoProcessor``
@@ -97,7 +97,9 @@ def processor_for(model: Any, tokenizer: Any) -> Any:
     """A ``MusicgenProcessor`` for ``model``'s codec, or ``None`` if ``tokenizer`` is not a T5 one.
 
     The feature extractor is an ``EncodecFeatureExtractor`` at the codec's
-    rate and channels, without chunking (as the codec's config).
+    rate and channels, without chunking (as the codec's config). A melody model
+    gets a ``MusicgenMelodyProcessor``, whose ``MusicgenMelodyFeatureExtractor``
+    (the melody's chroma) has the model's ``num_chroma`` and the codec's rate.
     """
     from transformers import (
         EncodecFeatureExtractor,
@@ -105,10 +107,23 @@ def processor_for(model: Any, tokenizer: Any) -> Any:
         T5Tokenizer,
         T5TokenizerFast,
     )
+    from transformers.models.musicgen_melody.feature_extraction_musicgen_melody import (
+        MusicgenMelodyFeatureExtractor,
+    )
+    from transformers.models.musicgen_melody.processing_musicgen_melody import (
+        MusicgenMelodyProcessor,
+    )
 
     if not isinstance(tokenizer, (T5Tokenizer, T5TokenizerFast)):
         return None
     codec = model.config.audio_encoder
+    if model.config.model_type == "musicgen_melody":
+        chroma = MusicgenMelodyFeatureExtractor(
+            feature_size=int(model.config.num_chroma),
+            num_chroma=int(model.config.num_chroma),
+            sampling_rate=int(codec.sampling_rate),
+        )
+        return MusicgenMelodyProcessor(feature_extractor=chroma, tokenizer=tokenizer)
     features = EncodecFeatureExtractor(
         feature_size=int(codec.audio_channels),
         sampling_rate=int(codec.sampling_rate),
