@@ -215,14 +215,23 @@ class MusicGenLightningModule(pl.LightningModule):
         sharded LM (see ``lightning_noiseprobe._sharding``).
 
         Raises:
-            NoiseProbeError: with tensor parallelism.
+            NoiseProbeError: with tensor parallelism, or a torch older than 2.6
+                (no ``fully_shard``).
         """
         mesh = self._device_mesh
         if mesh is None:
             return
-        from torch.distributed.fsdp import fully_shard
+        import torch.distributed.fsdp
 
         from lightning_noiseprobe._sharding import fsdp2_modules
+
+        fully_shard = getattr(torch.distributed.fsdp, "fully_shard", None)
+        if fully_shard is None:  # public from torch 2.6
+            raise NoiseProbeError(
+                "Expected torch.distributed.fsdp.fully_shard (FSDP2, public from torch 2.6) for"
+                f" ModelParallelStrategy but torch {torch.__version__} has none. Upgrade torch"
+                " (`pip install 'torch>=2.6'`) or train with strategy='ddp'."
+            )
 
         if fsdp2_modules(self.lm):
             return  # already sharded (the hook may run again, e.g. fit then validate)

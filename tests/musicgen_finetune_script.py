@@ -126,6 +126,22 @@ def read_folder(folder: str, processor: Any, model: Any, max_seconds: float) -> 
     return rows
 
 
+def trainer_processing_class(processor: Any, model: Any) -> Any:
+    """The processor, as the original passes it; on a transformers whose ``Trainer.train``
+    aligns special tokens through ``config.get_text_config()`` (5.x, ``trainer_utils.
+    align_special_tokens``), which raises for MusicGen (two text configs: T5 and the audio
+    decoder), only its feature extractor: then the Trainer aligns nothing, and the
+    tokenizer is the one saved beside the model (what a user on 5.x has to do)."""
+    import transformers.trainer_utils
+
+    if hasattr(transformers.trainer_utils, "align_special_tokens"):
+        try:
+            model.config.get_text_config()
+        except ValueError:
+            return processor.feature_extractor
+    return processor
+
+
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
@@ -160,7 +176,7 @@ def main() -> None:
         data_collator=DataCollatorMusicGenWithPadding(processor=processor),
         train_dataset=train,
         eval_dataset=evals,
-        processing_class=processor,
+        processing_class=trainer_processing_class(processor, model),
     )
 
     # --- the README's two lines (a short probe spec so the test runs in seconds) --------

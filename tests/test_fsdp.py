@@ -109,3 +109,16 @@ def test_tensor_parallelism_is_refused_with_a_clear_message():
             strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
         )  # type: ignore[arg-type]
     )
+
+
+def test_fsdp2_on_a_torch_without_fully_shard_says_what_to_do(monkeypatch):
+    """torch 2.4/2.5 (allowed by the declared minimum) have no public fully_shard."""
+    import torch.distributed.fsdp
+
+    from lightning_noiseprobe import MusicGenLightningModule, NoiseProbeError
+
+    module = MusicGenLightningModule(model="tiny")
+    module._device_mesh = object()  # what ModelParallelStrategy sets before configure_model
+    monkeypatch.delattr(torch.distributed.fsdp, "fully_shard")
+    with pytest.raises(NoiseProbeError, match=r"public from torch 2\.6.*strategy='ddp'"):
+        module.configure_model()

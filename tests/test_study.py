@@ -3,22 +3,28 @@ summary number is computed from the recorded runs. No test asserts a scientific 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from lightning_noiseprobe.cli import main
+from lightning_noiseprobe.study import stats as study_stats
 from lightning_noiseprobe.study.stats import (
     STUDY_METRICS,
     effect_size,
+    min_permutation_p,
+    permutation_p,
     pick_epoch,
+    summarize_by_epoch,
     summarize_overfit,
     summarize_runs,
 )
@@ -104,6 +110,129 @@ def test_overfit_summary_of_hand_made_runs():
     assert out["summary"]["val_ce"]["val_ce_excess"]["mean"] == 0.0
 
 
+# ------------------------------------------------------- per-epoch tests, recomputed here
+
+
+def _cohen_d(low: list[float], high: list[float]) -> float | None:
+    """(mean low - mean high) / pooled sample sd, as the study documents it."""
+    if not low or not high or len(low) + len(high) < 3:
+        return None
+    ss = sum((x - statistics.mean(v)) ** 2 for v in (low, high) for x in v)
+    pooled = math.sqrt(ss / (len(low) + len(high) - 2))
+    return (statistics.mean(low) - statistics.mean(high)) / pooled if pooled > 0 else None
+
+
+def _perm_p(low: list[float], high: list[float]) -> float | None:
+    """Exact two-sided permutation p of |mean difference|: every way to pick len(low) of the
+    pooled values, the observed one included; a relabeling within the study's documented
+    tie tolerance (1e-9 x the largest |value|) of the observed difference counts."""
+    if not low or not high:
+        return None
+    pooled = low + high
+    observed = abs(statistics.fmean(low) - statistics.fmean(high))
+    tol = 1e-9 * max(abs(x) for x in pooled)
+    hits = total = 0
+    for chosen in itertools.combinations(range(len(pooled)), len(low)):
+        rest = [pooled[i] for i in range(len(pooled)) if i not in chosen]
+        diff = abs(statistics.fmean(pooled[i] for i in chosen) - statistics.fmean(rest))
+        hits += diff >= observed - tol
+        total += 1
+    return hits / total
+
+
+def _first_lasting(ps: list[float | None]) -> int | None:
+    """The first epoch from which every p is <= 0.05."""
+    ok = [p is not None and p <= 0.05 for p in ps]
+    return next((e for e in range(len(ok)) if all(ok[e:])), None)
+
+
+def _check_by_epoch(study: dict, metrics=STUDY_METRICS) -> None:
+    """Every per-epoch test and detection epoch of ``study`` is the one recomputed from its runs."""
+    runs, levels = study["runs"], sorted({r["level"] for r in study["runs"]})
+    epochs = 1 + max(row["epoch"] for r in runs for row in r["epochs"])
+    assert len(study["by_epoch"]) == epochs
+
+    def values(level, epoch, metric):
+        rows = [row for r in runs if r["level"] == level for row in r["epochs"]]
+        return [
+            row[metric]
+            for row in rows
+            if row["epoch"] == epoch and math.isfinite(row.get(metric, math.nan))
+        ]
+
+    for metric in metrics:
+        ps: dict[float, list] = {level: [] for level in levels[1:]}
+        for e in range(epochs):
+            low = values(levels[0], e, metric)
+            for level in levels[1:]:
+                high = values(level, e, metric)
+                got = study["by_epoch"][e][metric]["vs_lowest"][f"{level:g}"]
+                assert got["n"] == [len(low), len(high)]
+                want_p = _perm_p(low, high)
+                assert got["p"] == _approx(want_p), (metric, e, level)
+                assert got["effect_size"] == _approx(_cohen_d(low, high)), (metric, e, level)
+                ps[level].append(want_p)
+            top = study["by_epoch"][e][metric]
+            assert {k: top[k] for k in ("effect_size", "p", "n")} == top["vs_lowest"][
+                f"{levels[-1]:g}"
+            ]
+        assert study["detection_epoch"][metric] == _first_lasting(ps[levels[-1]])
+        assert study["detection_epoch_vs_lowest"][metric] == {
+            f"{level:g}": _first_lasting(ps[level]) for level in levels[1:]
+        }
+    n = sum(r["level"] == levels[0] for r in runs)
+    assert study["min_p"] == pytest.approx(2 / math.comb(2 * n, n))
+
+
+def test_per_epoch_tests_of_hand_made_runs_have_the_known_answers():
+    """3 levels x 4 seeds x 3 epochs. Level 1 is apart from level 0 from epoch 1 on, level
+    0.5 only at epoch 2; epoch 0 has ties across levels and a metric missing in one run."""
+    base = [1.0, 2.0, 3.0, 4.0]
+    table = {  # level -> epoch -> values over seeds
+        0.0: [[1.0, 2.0, 3.0, 4.0], base, base],
+        0.5: [[1.0, 2.0, 3.0, 4.0], [3.5, 4.5, 1.5, 2.5], [11.0, 12.0, 13.0, 14.0]],
+        1.0: [[4.0, 3.0, 2.0, math.nan], [10.0, 10.0, 10.0, 10.0], [20.0, 21.0, 22.0, 23.0]],
+    }
+    runs: list[dict[str, Any]] = [
+        {
+            "level": level,
+            "seed": seed,
+            "epochs": [{"epoch": e, "m": table[level][e][seed]} for e in range(3)],
+        }
+        for level in table
+        for seed in range(4)
+    ]
+    out = summarize_by_epoch(runs, metrics=["m"])
+    _check_by_epoch({"runs": runs, **out}, metrics=["m"])
+    by = out["by_epoch"]
+    assert by[0]["m"]["n"] == [4, 3] and by[0]["m"]["vs_lowest"]["0.5"]["p"] == 1.0  # all tie
+    assert by[1]["m"]["p"] == pytest.approx(2 / 70)  # fully apart: the labeling and its swap
+    assert by[1]["m"]["vs_lowest"]["0.5"]["p"] > 0.05
+    assert out["detection_epoch"] == {"m": 1}
+    assert out["detection_epoch_vs_lowest"] == {"m": {"0.5": 2, "1": 1}}
+    assert out["alpha"] == 0.05 and out["exact"] and out["relabelings"] == 70
+    # 3 seeds a level: 2 / C(6, 3) = 0.1, nothing can reach 0.05, yet every number is there
+    three = [r for r in runs if r["seed"] < 3]
+    out3 = summarize_by_epoch(three, metrics=["m"])
+    assert out3["min_p"] == pytest.approx(0.1) and out3["detection_epoch"] == {"m": None}
+    assert out3["by_epoch"][2]["m"]["p"] == pytest.approx(0.1)
+    _check_by_epoch({"runs": three, **out3}, metrics=["m"])
+
+
+def test_permutation_p_beyond_exhaustive_enumeration_is_a_close_monte_carlo_estimate(
+    monkeypatch,
+):
+    low, high = [0.3, 1.9, 2.2, 3.1, 4.0], [1.1, 2.5, 2.9, 3.6, 5.2]
+    exact = _perm_p(low, high)
+    assert permutation_p(low, high) == pytest.approx(exact)
+    monkeypatch.setattr(study_stats, "EXACT_RELABELINGS", 100)  # C(10, 5) = 252 > 100
+    estimate = permutation_p(low, high)
+    # 200000 draws: binomial sd <= 0.0012; the estimate is never below 1 / (draws + 1)
+    assert estimate is not None and exact is not None
+    assert estimate != exact and abs(estimate - exact) < 0.006
+    assert min_permutation_p(4, 3) == pytest.approx(1 / 35) and min_permutation_p(0, 3) is None
+
+
 # ----------------------------------------------------------------------------- the real CLI
 
 
@@ -181,6 +310,12 @@ def test_contamination_study_via_the_cli(tmp_path, chorales, capsys):
         assert got["effect_size"] == _approx(want["effect_size"])
         assert got["spearman_with_level"] == _approx(want["spearman"])
     assert study["summary"]["val_ce"]["by_level"]["0"]["n"] == 2
+    # every per-epoch test and detection epoch is the one recomputed from the runs; with 2
+    # seeds a level the smallest reachable p is 2 / C(4, 2) = 1/3, and the table says so
+    _check_by_epoch(study)
+    assert study["min_p"] == pytest.approx(1 / 3) and study["alpha"] == 0.05
+    assert "smallest p this test can reach is 2/C(4,2) = 0.333 > 0.05" in proc.stdout
+    assert "detection epoch" in proc.stdout and "0 vs 1" in proc.stdout
     # a contaminated clip carries bursts; the probe set is clean and the same for every run
     contaminated = (
         out / "data" / "p1_seed0" / "train" / study["runs"][1]["contaminated"]["train"][0]
@@ -188,7 +323,7 @@ def test_contamination_study_via_the_cli(tmp_path, chorales, capsys):
     original = chorales / contaminated.name
     assert not np.array_equal(sf.read(contaminated)[0], sf.read(original)[0])
     assert len(study["config"]["probe_files"]) == 1
-    for name in ("study_vs_level.png", "study_by_epoch.png"):
+    for name in ("study_vs_level.png", "study_by_epoch.png", "study_detection.png"):
         assert (out / name).stat().st_size > 10_000
     for metric in STUDY_METRICS:
         assert metric in proc.stdout
@@ -199,6 +334,7 @@ def test_contamination_study_via_the_cli(tmp_path, chorales, capsys):
     assert "4 reused" in capsys.readouterr().out
     again = json.loads((out / "study.json").read_text())
     assert again["runs"] == study["runs"] and again["summary"] == study["summary"]
+    assert again["by_epoch"] == study["by_epoch"]
 
 
 def test_overfit_study_via_the_cli(tmp_path, chorales, capsys):

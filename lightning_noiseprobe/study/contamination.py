@@ -8,8 +8,14 @@ CE on its own (contaminated) validation set, the validation CE on the clean
 validation set and the probe's metrics. The ground truth is known by
 construction: ``p`` is how much garbage the model was trained on.
 
-Output in ``out``: ``study.json`` (settings, runs, summary), ``study_vs_level.png``,
-``study_by_epoch.png``, per-run records under ``runs/`` (a rerun with the same
+Per epoch it also tests, for every metric, the lowest level against each other
+level (effect size and exact permutation p-value over seeds), and reports the
+*detection epoch*: the first epoch from which the difference stays significant
+(:func:`lightning_noiseprobe.study.stats.summarize_by_epoch`).
+
+Output in ``out``: ``study.json`` (settings, runs, summary, ``by_epoch`` tests and
+detection epochs), ``study_vs_level.png``, ``study_by_epoch.png``,
+``study_detection.png``, per-run records under ``runs/`` (a rerun with the same
 settings reuses them) and the contaminated copies under ``data/``.
 """
 
@@ -25,9 +31,20 @@ from typing import Any
 from lightning_noiseprobe._defaults import DEFAULT_ONSET
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.probe.spec import PAPER_LENGTHS
-from lightning_noiseprobe.study.stats import STUDY_METRICS, level_key, summarize_runs
+from lightning_noiseprobe.study.stats import (
+    STUDY_METRICS,
+    level_key,
+    summarize_by_epoch,
+    summarize_runs,
+)
 
-__all__ = ["DEFAULT_LEVELS", "format_study_table", "run_contamination_study"]
+__all__ = [
+    "DEFAULT_LEVELS",
+    "format_detection_table",
+    "format_epoch_table",
+    "format_study_table",
+    "run_contamination_study",
+]
 
 DEFAULT_LEVELS = (0.0, 0.25, 0.5, 1.0)
 
@@ -59,6 +76,46 @@ def format_study_table(study: dict[str, Any], metrics: Sequence[str] = STUDY_MET
             + _fmt(stats["spearman_with_level"], 10, 3)
             + _fmt(stats["effect_size"], 10, 2)
         )
+    return "\n".join(lines)
+
+
+def format_detection_table(study: dict[str, Any], metrics: Sequence[str] = STUDY_METRICS) -> str:
+    """Per metric, the detection epoch of the lowest level against each other level (the
+    last column is lowest vs highest; ``never`` when the last epoch is not significant),
+    then a note when the seeds are too few for any p to reach ``alpha``."""
+    levels = [level_key(lv) for lv in study["levels"]]
+    heads = [f"{levels[0]} vs {k}" for k in levels[1:]]
+    width = max(12, *(len(h) + 2 for h in heads))
+    lines = [f"{'metric':<18}" + "".join(f"{h:>{width}}" for h in heads)]
+    for metric in metrics:
+        found = study["detection_epoch_vs_lowest"][metric]
+        cells = ["never" if found[k] is None else str(found[k]) for k in levels[1:]]
+        lines.append(f"{metric:<18}" + "".join(f"{c:>{width}}" for c in cells))
+    n = len(study["seeds"])
+    if study["min_p"] is not None and study["min_p"] > study["alpha"]:
+        lines.append(
+            f"NOTE: with {n} seed{'s' if n > 1 else ''} a level the smallest p this test can reach is"
+            f" 2/C({2 * n},{n}) = {study['min_p']:.3g} > {study['alpha']:g}: no epoch can be a"
+            " detection epoch. Use --seeds 4 or more."
+        )
+    return "\n".join(lines)
+
+
+def format_epoch_table(study: dict[str, Any], metrics: Sequence[str] = STUDY_METRICS) -> str:
+    """Per epoch and metric, ``d`` and ``p`` of the lowest level against the highest."""
+    lines = [
+        f"{'metric':<18}"
+        + "".join(f"{'epoch ' + str(e):>16}" for e in range(len(study["by_epoch"])))
+    ]
+    for metric in metrics:
+        cells = []
+        for entry in study["by_epoch"]:
+            d, p = entry[metric].get("effect_size"), entry[metric].get("p")
+            cell = (
+                ("n/a" if d is None else f"{d:+.2f}") + " / " + ("n/a" if p is None else f"{p:.3f}")
+            )
+            cells.append(f"{cell:>16}")
+        lines.append(f"{metric:<18}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -200,12 +257,14 @@ def run_contamination_study(
         "reused_runs": reused,
         "runs": runs,
         "summary": summarize_runs(runs),
+        **summarize_by_epoch(runs),
     }
     atomic_write_json(out / "study.json", study)
     written = [out / "study.json"]
     for filename, draw in (
         ("study_vs_level.png", figures.metrics_vs_level),
         ("study_by_epoch.png", figures.metrics_by_epoch),
+        ("study_detection.png", figures.detection_by_epoch),
     ):
         figures.save_figure(draw(study), out / filename)
         written.append(out / filename)
@@ -219,6 +278,18 @@ def run_contamination_study(
         "final epoch, mean +- std over seeds; effect d = (mean at lowest p - mean at highest p) / pooled std"
     )
     print(format_study_table(study))
+    lo, hi = level_key(level_values[0]), level_key(level_values[-1])
+    test = "exact" if study["exact"] else "Monte Carlo"
+    print(
+        f"\nper epoch, level {lo} vs level {hi}: effect d / two-sided {test} permutation p of the mean"
+        f" difference over seeds ({study['relabelings']} relabelings)"
+    )
+    print(format_epoch_table(study))
+    print(
+        f"\ndetection epoch: the first epoch from which p <= {study['alpha']:g} at every later epoch"
+        f" (epochs from 0), level {lo} against each level"
+    )
+    print(format_detection_table(study))
     print("wrote " + ", ".join(str(p) for p in written))
     return study
 

@@ -12,7 +12,13 @@ from lightning_noiseprobe.study.stats import OVERFIT_MONITORS, STUDY_METRICS, le
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["metrics_by_epoch", "metrics_vs_level", "overfit_curves", "save_figure"]
+__all__ = [
+    "detection_by_epoch",
+    "metrics_by_epoch",
+    "metrics_vs_level",
+    "overfit_curves",
+    "save_figure",
+]
 
 _MONITOR_COLORS = {"val_ce": "#1f77b4", "peak_sharpness": "#d62728", "delta_loss": "#2ca02c"}
 
@@ -104,6 +110,64 @@ def metrics_by_epoch(study: Mapping[str, Any], metrics: Sequence[str] = STUDY_ME
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    return fig
+
+
+def detection_by_epoch(study: Mapping[str, Any], metrics: Sequence[str] = STUDY_METRICS) -> Figure:
+    """Per metric, the effect size ``d`` of the lowest level against each other level per
+    epoch (filled where ``p <= alpha``), and below it ``p`` (log scale) with ``alpha`` and
+    the smallest reachable p."""
+    from matplotlib.ticker import MaxNLocator
+
+    from lightning_noiseprobe.plots import _figure
+
+    levels = [float(lv) for lv in study["levels"]]
+    colors = _level_colors(levels)
+    alpha, min_p = study["alpha"], study["min_p"]
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = _figure(2 * rows, cols, size=(4.0 * cols, 4.6 * rows))
+    for i in range(len(metrics), rows * cols):
+        for ax in (axes[2 * (i // cols)][i % cols], axes[2 * (i // cols) + 1][i % cols]):
+            ax.set_visible(False)
+    lowest = level_key(levels[0])
+    for i, metric in enumerate(metrics):
+        ax_d, ax_p = axes[2 * (i // cols)][i % cols], axes[2 * (i // cols) + 1][i % cols]
+        for level in levels[1:]:
+            key = level_key(level)
+            cells = [
+                entry.get(metric, {}).get("vs_lowest", {}).get(key, {})
+                for entry in study["by_epoch"]
+            ]
+            ds = [math.nan if c.get("effect_size") is None else c["effect_size"] for c in cells]
+            ps = [math.nan if c.get("p") is None else c["p"] for c in cells]
+            xs = list(range(len(cells)))
+            color = colors[level]
+            label = f"level {lowest} vs {key}"
+            ax_d.plot(xs, ds, "-", color=color, lw=1.4, label=label)
+            hit = [x for x, p in zip(xs, ps, strict=True) if p <= alpha]
+            ax_d.plot(hit, [ds[x] for x in hit], "o", color=color, ms=5)
+            miss = [x for x, p in zip(xs, ps, strict=True) if not p <= alpha]
+            ax_d.plot(miss, [ds[x] for x in miss], "o", mfc="white", color=color, ms=5)
+            ax_p.plot(xs, ps, "o-", color=color, lw=1.2, ms=3, label=label)
+        found = study["detection_epoch"].get(metric)
+        pair = f"level {lowest} vs {level_key(levels[-1])}"
+        verdict = "not detected" if found is None else f"detected from epoch {found}"
+        ax_d.set_title(f"{metric}\n{pair}: {verdict}", fontsize=9)
+        ax_d.axhline(0.0, color="gray", lw=0.6)
+        ax_d.set_ylabel("effect d", fontsize=8)
+        ax_p.set_yscale("log")
+        ax_p.axhline(alpha, color="k", ls="--", lw=0.8, label=f"alpha {alpha:g}")
+        if min_p is not None:
+            ax_p.axhline(min_p, color="gray", ls=":", lw=0.8, label=f"smallest p {min_p:.3g}")
+        ax_p.set_ylim(top=1.3)
+        ax_p.set_ylabel("permutation p", fontsize=8)
+        ax_p.set_xlabel("epoch")
+        for ax in (ax_d, ax_p):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    axes[1][0].legend(fontsize=7)
     return fig
 
 

@@ -8,19 +8,28 @@ deviations over seeds (``ddof=1``); with one value they are ``None``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
+    "DETECTION_ALPHA",
     "OVERFIT_MONITORS",
     "STUDY_METRICS",
+    "detection_epoch",
     "effect_size",
     "level_key",
     "mean_std",
+    "min_permutation_p",
+    "permutation_p",
     "pick_epoch",
     "pooled_std",
     "spearman",
+    "summarize_by_epoch",
     "summarize_overfit",
     "summarize_runs",
 ]
@@ -179,6 +188,182 @@ def summarize_runs(
             "effect_size": d,
         }
     return summary
+
+
+#: Significance level of the per-epoch tests and of the detection epoch.
+DETECTION_ALPHA = 0.05
+#: Two samples are relabelled exhaustively up to this many relabelings (10 seeds a
+#: side: C(20, 10) = 184756); beyond, :func:`permutation_p` draws
+#: :data:`MONTE_CARLO_DRAWS` at random.
+EXACT_RELABELINGS = 200_000
+MONTE_CARLO_DRAWS = 200_000
+#: A relabeling ties the observed one when their ``|mean difference|`` differ by less
+#: than this times the largest ``|value|`` (the same difference summed in another order
+#: can differ in its last bits).
+TIE_RTOL = 1e-9
+
+
+@functools.lru_cache(maxsize=16)
+def _relabelings(total: int, size: int) -> np.ndarray:
+    """Every choice of ``size`` of ``total`` indices, ``[C(total, size), size]``; the first
+    row is ``0 .. size - 1``."""
+    import itertools
+
+    import numpy as np
+
+    count = math.comb(total, size)
+    flat = itertools.chain.from_iterable(itertools.combinations(range(total), size))
+    return np.fromiter(flat, dtype=np.int16, count=count * size).reshape(count, size)
+
+
+def permutation_p(low: Sequence[Any], high: Sequence[Any]) -> float | None:
+    """Two-sided permutation p-value of ``|mean(low) - mean(high)|``.
+
+    The finite values of both samples are pooled and every split into ``len(low)``
+    and ``len(high)`` values is a relabeling; p is the fraction of relabelings whose
+    ``|mean difference|`` is at least the observed one (ties within :data:`TIE_RTOL`
+    of the largest ``|value|`` counted), the observed labeling included. Exact: all
+    ``C(n_low + n_high, n_low)`` relabelings, up to :data:`EXACT_RELABELINGS`; beyond,
+    :data:`MONTE_CARLO_DRAWS` drawn at random (seed 0) and ``p = (1 + hits) / (1 + draws)``. ``None``
+    when either sample has no finite value.
+
+    >>> permutation_p([5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0])  # 2 of C(8, 4) = 70
+    0.02857142857142857
+    >>> permutation_p([1.0, 2.0], [2.0, 1.0])  # no difference: every relabeling ties
+    1.0
+    """
+    import numpy as np
+
+    xa, xb = _finite(low), _finite(high)
+    if not xa or not xb:
+        return None
+    values = np.array(xa + xb)
+    na, nb = len(xa), len(xb)
+    tol = TIE_RTOL * float(np.max(np.abs(values)))
+    total = values.sum()
+    count = math.comb(na + nb, na)
+    if count <= EXACT_RELABELINGS:
+        sums = values[_relabelings(na + nb, na)].sum(axis=1)  # row 0: the observed labeling
+        diffs = np.abs(sums / na - (total - sums) / nb)
+        return float(np.count_nonzero(diffs >= diffs[0] - tol)) / count
+    rng = np.random.default_rng(0)
+    draws = rng.permuted(
+        np.tile(np.arange(na + nb, dtype=np.int16), (MONTE_CARLO_DRAWS, 1)), axis=1
+    )[:, :na]
+    observed = abs(values[:na].sum() / na - (total - values[:na].sum()) / nb)
+    sums = values[draws].sum(axis=1)
+    hits = np.count_nonzero(np.abs(sums / na - (total - sums) / nb) >= observed - tol)
+    return (1.0 + float(hits)) / (1.0 + MONTE_CARLO_DRAWS)
+
+
+def min_permutation_p(n_low: int, n_high: int) -> float | None:
+    """The smallest p :func:`permutation_p` can give for samples of these sizes:
+    ``2 / C(2n, n)`` for two samples of ``n`` (a labeling and its swap have the same
+    ``|mean difference|``), ``1 / C(n_low + n_high, n_low)`` for unequal sizes; ``None``
+    when either is empty.
+
+    >>> min_permutation_p(3, 3), min_permutation_p(4, 4), round(min_permutation_p(5, 5), 4)
+    (0.1, 0.02857142857142857, 0.0079)
+    """
+    if n_low < 1 or n_high < 1:
+        return None
+    return min(1.0, (2.0 if n_low == n_high else 1.0) / math.comb(n_low + n_high, n_low))
+
+
+def detection_epoch(ps: Sequence[float | None], alpha: float = DETECTION_ALPHA) -> int | None:
+    """The first epoch from which ``p <= alpha`` holds at every later epoch; ``None`` when
+    the last epoch's does not (a missing p is not significant).
+
+    >>> detection_epoch([0.3, 0.01, 0.2, 0.04, 0.008]), detection_epoch([0.01, 0.2]), detection_epoch([])
+    (3, None, None)
+    """
+    first: int | None = None
+    for epoch, p in enumerate(ps):
+        if p is not None and p <= alpha:
+            first = epoch if first is None else first
+        else:
+            first = None
+    return first
+
+
+def _compare(low: Sequence[Any], high: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "effect_size": effect_size(low, high),
+        "p": permutation_p(low, high),
+        "n": [len(_finite(low)), len(_finite(high))],
+    }
+
+
+def summarize_by_epoch(
+    runs: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str] = STUDY_METRICS,
+    alpha: float = DETECTION_ALPHA,
+) -> dict[str, Any]:
+    """Per epoch, how well each metric separates the lowest level from each other one.
+
+    Returns (the keys ``study.json`` gains):
+
+    * ``by_epoch``: a list over epochs (index = the runs' ``epoch``); ``by_epoch[e][metric]``
+      is ``{"effect_size", "p", "n", "vs_lowest"}``: the lowest level against the
+      highest (:func:`effect_size`, :func:`permutation_p`, ``n`` = finite values
+      ``[lowest, highest]``), and ``vs_lowest[level_key]``, the same three against the
+      lowest level for every other level (the highest's repeats the top entry).
+    * ``detection_epoch``: ``{metric: epoch or None}`` of the lowest level against the
+      highest (:func:`detection_epoch`); ``detection_epoch_vs_lowest``:
+      ``{metric: {level_key: epoch or None}}``.
+    * ``alpha``; ``min_p``: the smallest p reachable with the runs at the lowest and
+      highest levels (:func:`min_permutation_p`; above ``alpha`` with fewer than 4 seeds
+      a level, when nothing can be detected); ``relabelings``: how many the test over
+      those runs enumerates (``exact`` true) or draws (``exact`` false).
+
+    Example:
+        >>> runs = [{"level": lv, "seed": s, "epochs": [{"epoch": 0, "m": s}, {"epoch": 1, "m": s + 10 * lv}]}
+        ...         for lv in (0, 1) for s in range(4)]
+        >>> out = summarize_by_epoch(runs, metrics=["m"])
+        >>> [e["m"]["p"] for e in out["by_epoch"]], out["detection_epoch"], out["min_p"]
+        ([1.0, 0.02857142857142857], {'m': 1}, 0.02857142857142857)
+    """
+    levels = sorted({float(run["level"]) for run in runs})
+    last = max((int(row["epoch"]) for run in runs for row in run.get("epochs", [])), default=-1)
+    rows = [
+        (float(run["level"]), {int(row["epoch"]): row for row in run.get("epochs", [])})
+        for run in runs
+    ]
+
+    def values(level: float, epoch: int, metric: str) -> list[Any]:
+        return [by[epoch].get(metric) for lv, by in rows if lv == level and epoch in by]
+
+    by_epoch: list[dict[str, Any]] = []
+    for epoch in range(last + 1):
+        entry: dict[str, Any] = {}
+        for metric in metrics:
+            low = values(levels[0], epoch, metric)
+            vs = {level_key(lv): _compare(low, values(lv, epoch, metric)) for lv in levels[1:]}
+            entry[metric] = {**vs[level_key(levels[-1])], "vs_lowest": vs} if vs else {}
+        by_epoch.append(entry)
+    n_low = sum(1 for lv, _ in rows if levels and lv == levels[0])
+    n_high = sum(1 for lv, _ in rows if levels and lv == levels[-1])
+    relabelings = math.comb(n_low + n_high, n_low)
+    return {
+        "alpha": alpha,
+        "min_p": min_permutation_p(n_low, n_high) if len(levels) > 1 else None,
+        "relabelings": relabelings if relabelings <= EXACT_RELABELINGS else MONTE_CARLO_DRAWS,
+        "exact": relabelings <= EXACT_RELABELINGS,
+        "by_epoch": by_epoch,
+        "detection_epoch": {
+            m: detection_epoch([e[m].get("p") for e in by_epoch], alpha) for m in metrics
+        },
+        "detection_epoch_vs_lowest": {
+            m: {
+                level_key(lv): detection_epoch(
+                    [e[m]["vs_lowest"][level_key(lv)]["p"] if e[m] else None for e in by_epoch],
+                    alpha,
+                )
+                for lv in levels[1:]
+            }
+            for m in metrics
+        },
+    }
 
 
 def pick_epoch(epochs: Sequence[Mapping[str, Any]], metric: str, mode: str) -> int | None:
