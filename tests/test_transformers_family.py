@@ -79,6 +79,13 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # -- the layouts ---------------------------------------------------------------------
+def test_tiny_names_are_the_audiocraft_twins() -> None:
+    """`--model tiny-stereo` (and `tiny`, `tiny-melody`) names the same layout on both backends."""
+    from lightning_noiseprobe.backends import audiocraft, transformers
+
+    assert transformers.TINY_MODELS == audiocraft.TINY_MODELS == ("tiny", *FAMILY)
+
+
 def test_stereo_is_the_hubs_layout() -> None:
     backend = _backend("tiny-stereo")
     model: Any = backend.musicgen
