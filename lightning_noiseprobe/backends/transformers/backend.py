@@ -43,6 +43,7 @@ from lightning_noiseprobe.backends.transformers.builders import (
     TINY_MODELS,
     build_tiny_transformers_musicgen,
 )
+from lightning_noiseprobe.backends.transformers.compat import restore_attention
 from lightning_noiseprobe.backends.transformers.conditions import (
     Conditions,
     condition_states,
@@ -165,7 +166,10 @@ class TransformersBackend(ProbeBackend):
 
         The backend uses ``model`` itself (:attr:`lm` is it, :attr:`codec` its
         ``audio_encoder``). Nothing is copied, moved, cast or frozen, no
-        train/eval flag, dropout or config value changes: the caller keeps owning
+        train/eval flag, dropout or config value changes (but an unset attention
+        implementation, which transformers 5 leaves in a composite built from its
+        parts and which drops the decoder's causal mask: set as ``from_pretrained``
+        would, :func:`.compat.restore_attention`): the caller keeps owning
         the model (:meth:`load` does nothing). DDP/accelerate and PEFT wrappers
         are stripped (:func:`~lightning_noiseprobe.backends._common.unwrap_model`);
         injected LoRA layers stay, so the adapters are active. :attr:`device` and
@@ -200,6 +204,7 @@ class TransformersBackend(ProbeBackend):
                 )
             )
         _check_layout(inner, "argument `model`")
+        restore_attention(inner)  # a transformers 5 composite built from parts: no causal mask
         param = next(inner.decoder.parameters())
         name = str(getattr(inner.config, "_name_or_path", "") or "from_model")
         backend = cls(model=name, device=param.device, dtype=param.dtype, dropout=None)
