@@ -43,7 +43,7 @@ from lightning_noiseprobe.backends.transformers.builders import (
     TINY_MODELS,
     build_tiny_transformers_musicgen,
 )
-from lightning_noiseprobe.backends.transformers.compat import restore_attention
+from lightning_noiseprobe.backends.transformers.compat import unset_attention
 from lightning_noiseprobe.backends.transformers.conditions import (
     Conditions,
     condition_states,
@@ -166,10 +166,7 @@ class TransformersBackend(ProbeBackend):
 
         The backend uses ``model`` itself (:attr:`lm` is it, :attr:`codec` its
         ``audio_encoder``). Nothing is copied, moved, cast or frozen, no
-        train/eval flag, dropout or config value changes (but an unset attention
-        implementation, which transformers 5 leaves in a composite built from its
-        parts and which drops the decoder's causal mask: set as ``from_pretrained``
-        would, :func:`.compat.restore_attention`): the caller keeps owning
+        train/eval flag, dropout or config value changes: the caller keeps owning
         the model (:meth:`load` does nothing). DDP/accelerate and PEFT wrappers
         are stripped (:func:`~lightning_noiseprobe.backends._common.unwrap_model`);
         injected LoRA layers stay, so the adapters are active. :attr:`device` and
@@ -183,8 +180,9 @@ class TransformersBackend(ProbeBackend):
 
         Raises:
             NoiseProbeError: if ``model`` is no such model (a ``MusicgenForCausalLM``
-                lacks the codec: pass the model holding it) or its codec does not fit
-                its decoder.
+                lacks the codec: pass the model holding it), its codec does not fit
+                its decoder, or its decoder's attention implementation is unset
+                (:func:`.compat.unset_attention`: no causal mask).
         """
         from lightning_noiseprobe.backends._common import unwrap_model
 
@@ -204,7 +202,21 @@ class TransformersBackend(ProbeBackend):
                 )
             )
         _check_layout(inner, "argument `model`")
-        restore_attention(inner)  # a transformers 5 composite built from parts: no causal mask
+        unset = unset_attention(inner)
+        if unset:
+            raise NoiseProbeError(
+                f"Expected argument `model` with an attention implementation but its "
+                f"{' and '.join(unset)} ha{'ve' if len(unset) > 1 else 's'} "
+                "`config._attn_implementation=None` (transformers 5 leaves it so in a "
+                "composite built from its parts, `MusicgenForConditionalGeneration(text_encoder=..., "
+                "audio_encoder=..., decoder=...)`): the decoder then attends without its causal "
+                "mask, in transformers' own forward too. Set "
+                + " and ".join(
+                    f"`model.{part}.config._attn_implementation = 'sdpa'`" for part in unset
+                )
+                + ", or `save_pretrained` "
+                "the model and load it with `from_pretrained`."
+            )
         param = next(inner.decoder.parameters())
         name = str(getattr(inner.config, "_name_or_path", "") or "from_model")
         backend = cls(model=name, device=param.device, dtype=param.dtype, dropout=None)
