@@ -100,8 +100,8 @@ class MusicGenLightningModule(pl.LightningModule):
     Args:
         backend: ``"audiocraft"`` or ``"transformers"`` (the registered
             backends that can be fine-tuned).
-        model: ``"tiny"`` (audiocraft also ``"tiny-stereo"``,
-            ``"tiny-melody"``), a local folder in the backend's format (an
+        model: ``"tiny"``, ``"tiny-stereo"`` or ``"tiny-melody"`` (built
+            offline, either backend), a local folder in the backend's format (an
             audiocraft export; a ``save_pretrained`` folder), or a hub id.
         tiny_config: size overrides of the tiny model (keys of the backend's
             ``TINY_DEFAULTS``).

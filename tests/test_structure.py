@@ -3,10 +3,12 @@
 The import graph is read from the source (AST), not by importing: an edge
 ``a -> b`` for every ``import b`` / ``from b import x`` in ``a`` that names a
 module of the package (``from pkg import sub`` counts as an edge to
-``pkg.sub`` when ``sub`` is a module). Imports under ``if TYPE_CHECKING:``
-never run and are left out. The implicit import of a module's parent packages
-is left out too (every submodule would otherwise form a cycle with the
-``__init__`` that imports it).
+``pkg.sub`` when ``sub`` is a module). Three kinds of edge: imports that run at
+import time, imports inside functions (lazy), and type-only imports under
+``if TYPE_CHECKING:`` (they never run, but two modules that name each other's
+types still depend on each other: a cycle among them is refused too). The
+implicit import of a module's parent packages is left out (every submodule would
+otherwise form a cycle with the ``__init__`` that imports it).
 """
 
 from __future__ import annotations
@@ -39,38 +41,49 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(tree: ast.Module) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
-    """Every import statement that can run, with whether it runs at import time."""
-    found: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
+#: When an import statement runs: at import time, inside a function, or never (type-only).
+AT_IMPORT, IN_FUNCTION, TYPE_ONLY = "at_import", "in_function", "type_only"
 
-    def visit(node: ast.AST, at_import: bool) -> None:
+
+def _imports(tree: ast.Module) -> list[tuple[ast.Import | ast.ImportFrom, str]]:
+    """Every import statement, with when it runs (:data:`AT_IMPORT`, :data:`IN_FUNCTION`,
+    :data:`TYPE_ONLY`)."""
+    found: list[tuple[ast.Import | ast.ImportFrom, str]] = []
+
+    def visit(node: ast.AST, when: str) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.body:
+                    visit_stmt(sub, TYPE_ONLY)
                 for sub in child.orelse:
-                    visit_stmt(sub, at_import)
+                    visit_stmt(sub, when)
                 continue
-            visit_stmt(child, at_import)
+            visit_stmt(child, when)
 
-    def visit_stmt(child: ast.AST, at_import: bool) -> None:
+    def visit_stmt(child: ast.AST, when: str) -> None:
         if isinstance(child, (ast.Import, ast.ImportFrom)):
-            found.append((child, at_import))
+            found.append((child, when))
         elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            visit(child, False)
+            visit(child, TYPE_ONLY if when == TYPE_ONLY else IN_FUNCTION)
         else:
-            visit(child, at_import)
+            visit(child, when)
 
-    visit(tree, True)
+    visit(tree, AT_IMPORT)
     return found
 
 
-def import_graph(*, with_function_level: bool) -> dict[str, set[str]]:
-    """``module -> modules of the package it imports`` (module-level; optionally also in functions)."""
+def import_graph(*, with_function_level: bool, with_type_only: bool = False) -> dict[str, set[str]]:
+    """``module -> modules of the package it imports``: module-level imports; optionally
+    also those in functions and the type-only ones (under ``if TYPE_CHECKING:``)."""
     modules = _modules()
     graph: dict[str, set[str]] = {name: set() for name in modules}
+    kinds = {AT_IMPORT}
+    kinds |= {IN_FUNCTION} if with_function_level else set()
+    kinds |= {TYPE_ONLY} if with_type_only else set()
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
-        for node, at_import in _imports(ast.parse(path.read_text(encoding="utf-8"))):
-            if not (at_import or with_function_level):
+        for node, when in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if when not in kinds:
                 continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
@@ -137,7 +150,39 @@ def test_the_graph_sees_real_edges() -> None:
     # a lazy import (inside a function) counts only in the full graph
     assert "lightning_noiseprobe._sharding" not in top["lightning_noiseprobe.module"]
     assert "lightning_noiseprobe._sharding" in every["lightning_noiseprobe.module"]
+    # a type-only import (under `if TYPE_CHECKING:`) counts only when asked for
+    typed = import_graph(with_function_level=True, with_type_only=True)
+    owner, used = "lightning_noiseprobe.probe.probeset", "lightning_noiseprobe.backends.base"
+    assert used not in every[owner] and used in typed[owner]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_type_only_imports_are_told_apart() -> None:
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\n"
+        "import a\n"
+        "if TYPE_CHECKING:\n"
+        "    import b\n"
+        "else:\n"
+        "    import c\n"
+        "def f():\n"
+        "    import d\n"
+        "if typing.TYPE_CHECKING:\n"
+        "    def g():\n"
+        "        import e\n"
+    )
+    found = {
+        node.names[0].name: when
+        for node, when in _imports(tree)
+        if node.names[0].name != "TYPE_CHECKING"
+    }
+    assert found == {
+        "a": AT_IMPORT,
+        "b": TYPE_ONLY,
+        "c": AT_IMPORT,
+        "d": IN_FUNCTION,
+        "e": TYPE_ONLY,
+    }
 
 
 def test_no_import_cycles_at_module_level() -> None:
@@ -147,6 +192,11 @@ def test_no_import_cycles_at_module_level() -> None:
 def test_no_import_cycles_even_through_imports_in_functions() -> None:
     """A lazy import is no excuse for two modules needing each other."""
     assert cycles(import_graph(with_function_level=True)) == []
+
+
+def test_no_import_cycles_even_through_type_only_imports() -> None:
+    """Nor is ``if TYPE_CHECKING:``: a module naming another's types depends on it."""
+    assert cycles(import_graph(with_function_level=True, with_type_only=True)) == []
 
 
 def test_base_imports_no_concrete_backend() -> None:

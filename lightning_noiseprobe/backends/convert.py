@@ -6,8 +6,14 @@ The LM key mapping is the one of transformers' own
 ``in_proj_weight`` split into ``q_proj``/``k_proj``/``v_proj``, ``linears`` ->
 ``lm_heads``, ...), except that the text conditioner's weights other than its
 ``output_proj`` (which becomes the composite model's ``enc_to_dec_proj``) are
-left out instead of renamed. The codec mapping follows audiocraft's SEANet
-layout, which transformers' ``EncodecModel`` mirrors layer for layer.
+left out instead of renamed. As in that script, a stereo LM (8 interleaved
+codebooks, delays ``[0, 0, 1, 1, ...]``) becomes a decoder with ``audio_channels=2``
+and ``num_codebooks=8`` whose codec is the mono EnCodec; as in transformers'
+``models/musicgen_melody/convert_musicgen_melody_transformers.py``, a melody LM
+(chroma and text prepended) becomes a ``MusicgenMelodyForCausalLM`` and its chroma
+conditioner's ``output_proj`` the composite model's ``audio_enc_to_dec_proj``
+(:func:`audiocraft_projections_to_transformers`). The codec mapping follows
+audiocraft's SEANet layout, which transformers' ``EncodecModel`` mirrors layer for layer.
 
 audiocraft and transformers are imported inside the functions only.
 """
@@ -29,9 +35,11 @@ __all__ = [
     "audiocraft_codec_to_transformers",
     "audiocraft_lm_state_dict_to_transformers",
     "audiocraft_lm_to_transformers",
+    "audiocraft_projections_to_transformers",
 ]
 
 _CONDITIONER_PROJ = "condition_provider.conditioners.description.output_proj."
+_MELODY_PROJ = "condition_provider.conditioners.self_wav.output_proj."
 
 # (pattern, replacement) applied in order, as in transformers' `rename_keys`.
 _LM_RENAMES = (
@@ -94,6 +102,64 @@ def audiocraft_lm_state_dict_to_transformers(
     return decoder, proj
 
 
+def audiocraft_projections_to_transformers(
+    state_dict: dict[str, torch.Tensor],
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The conditioners' output projections of an audiocraft LM state dict, by their
+    transformers names.
+
+    ``enc_to_dec_proj`` (the description conditioner's ``output_proj``) and, for a
+    melody LM, ``audio_enc_to_dec_proj`` (the ``self_wav`` chroma conditioner's); each
+    only if present. Load them into the composite model's modules of those names.
+
+    Example:
+        >>> sd = {"condition_provider.conditioners.self_wav.output_proj.weight": torch.ones(2, 12)}
+        >>> {k: sorted(v) for k, v in audiocraft_projections_to_transformers(sd).items()}
+        {'audio_enc_to_dec_proj': ['weight']}
+    """
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for prefix, name in (
+        (_CONDITIONER_PROJ, "enc_to_dec_proj"),
+        (_MELODY_PROJ, "audio_enc_to_dec_proj"),
+    ):
+        found = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if found:
+            out[name] = found
+    return out
+
+
+def _layout(lm: Any) -> tuple[int, bool]:
+    """``(audio_channels, melody)`` of an audiocraft MusicGen LM, from its delays and fuser.
+
+    Refuses a pattern or condition fusing transformers' MusicGen classes lack.
+    """
+    books = int(lm.num_codebooks)
+    delays = list(getattr(getattr(lm, "pattern_provider", None), "delays", range(books)))
+    layouts = {1: list(range(books))}
+    if books % 2 == 0:
+        layouts[2] = [k // 2 for k in range(books)]  # interleaved stereo: pairs share a delay
+    channels = next((c for c, d in layouts.items() if d == delays), None)
+    fuse: dict[str, list[str]] = {
+        op: list(names) for op, names in getattr(lm.fuser, "fuse2cond", {}).items() if names
+    }
+    melody = "self_wav" in fuse.get("prepend", [])
+    # transformers: text through cross-attention, or [chroma, text] prepended (melody)
+    wanted = {"prepend": ["self_wav", "description"]} if melody else {"cross": ["description"]}
+    problems = []
+    if channels is None:
+        problems.append(f"delays={delays} (need [0, 1, ..., K-1], or [0, 0, 1, 1, ...] for stereo)")
+    if fuse and fuse != wanted:
+        problems.append(f"condition fusing {fuse} (need {wanted})")
+    if getattr(lm.fuser, "cross_attention_pos_emb", False):
+        problems.append("cross_attention_pos_emb=True (need False)")
+    if problems:
+        raise NoiseProbeError(
+            "Expected argument `lm` to be an audiocraft MusicGen LM that transformers' "
+            f"MusicGen decoders can represent but it has: {'; '.join(problems)}."
+        )
+    return channels or 1, melody
+
+
 def _check_convertible_lm(lm: Any) -> None:
     """Refuse audiocraft LM options that transformers' MusicGen decoder does not have."""
     transformer = lm.transformer
@@ -111,10 +177,6 @@ def _check_convertible_lm(lm: Any) -> None:
         problems.append("layer_scale (need None)")
     if getattr(lm, "out_norm", None) is None:
         problems.append("no out_norm")
-    if list(
-        getattr(getattr(lm, "pattern_provider", None), "delays", range(lm.num_codebooks))
-    ) != list(range(lm.num_codebooks)):
-        problems.append(f"delays={lm.pattern_provider.delays} (need [0, 1, ..., K-1])")
     biases = [k for k in lm.state_dict() if k.startswith("transformer.") and k.endswith(".bias")]
     biases = [k for k in biases if not re.search(r"\.norm\w*\.bias$", k)]
     if biases:
@@ -134,34 +196,46 @@ def audiocraft_lm_to_transformers(lm: Any) -> MusicgenForCausalLM:
     CPU, in float32 and eval mode, and gives the same per-token NLL as the
     audiocraft LM (see :func:`~lightning_noiseprobe.backends.transformers.delayed_lm_logits`).
     Text conditioning: pass ``encoder_hidden_states`` (audiocraft's condition
-    tensors, already projected); the conditioner's ``output_proj`` is returned
-    by :func:`audiocraft_lm_state_dict_to_transformers` for a composite model.
+    tensors, already projected); the conditioners' ``output_proj`` are returned
+    by :func:`audiocraft_projections_to_transformers` for a composite model.
+
+    A stereo LM (delays ``[0, 0, 1, 1, ...]``, left and right codes interleaved)
+    gives a decoder with ``audio_channels=2``, as ``facebook/musicgen-stereo-*`` in
+    transformers. A melody LM (``self_wav`` and ``description`` prepended) gives a
+    ``MusicgenMelodyForCausalLM``; pass it the prepended condition tensors
+    (``[chroma, text]``) as ``encoder_hidden_states``.
 
     Args:
         lm: an audiocraft ``LMModel`` (e.g. ``AudiocraftBackend("tiny").load().lm``).
 
     Returns:
-        A ``transformers`` ``MusicgenForCausalLM``.
+        A ``transformers`` ``MusicgenForCausalLM`` (``MusicgenMelodyForCausalLM`` for melody).
 
     Raises:
         NoiseProbeError: if the LM uses options transformers' decoder lacks
-            (other positional embeddings, biases, layer scale, ...) or the
+            (other positional embeddings or delays, biases, layer scale, ...) or the
             weights do not load exactly.
     """
-    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+    from transformers import (
+        MusicgenDecoderConfig,
+        MusicgenForCausalLM,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyForCausalLM,
+    )
 
     _check_convertible_lm(lm)
+    channels, melody = _layout(lm)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in lm.state_dict().items()}
     hidden = int(state["emb.0.weight"].shape[1])
     layers = lm.transformer.layers
-    config = MusicgenDecoderConfig(
+    config = (MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig)(
         vocab_size=int(lm.card),
         hidden_size=hidden,
         ffn_dim=int(state["transformer.layers.0.linear1.weight"].shape[0]),
         num_hidden_layers=len(layers),
         num_attention_heads=int(layers[0].self_attn.num_heads),
         num_codebooks=int(lm.num_codebooks),
-        audio_channels=1,
+        audio_channels=channels,
         activation_function="gelu",
         dropout=0.0,
         attention_dropout=0.0,
@@ -171,8 +245,9 @@ def audiocraft_lm_to_transformers(lm: Any) -> MusicgenForCausalLM:
         tie_word_embeddings=False,
     )
     decoder_state, _ = audiocraft_lm_state_dict_to_transformers(state, hidden)
+    cls: Any = MusicgenMelodyForCausalLM if melody else MusicgenForCausalLM
     with torch.random.fork_rng(devices=[]):
-        model = MusicgenForCausalLM(config)
+        model = cls(config)
     missing, unexpected = model.load_state_dict(decoder_state, strict=False)
     missing = [k for k in missing if k != "model.decoder.embed_positions.weights"]
     if not any(".encoder_attn." in k for k in decoder_state):  # an LM without cross-attention
@@ -201,7 +276,10 @@ _CODEC_RENAMES = (
 def audiocraft_codec_to_transformers(codec: Any) -> EncodecModel:
     """Copy an audiocraft EnCodec compression model into a transformers ``EncodecModel``.
 
-    Two kinds of input are accepted:
+    Two kinds of input are accepted, each also inside audiocraft's
+    ``InterleaveStereoCompressionModel`` (a stereo MusicGen's codec: the mono EnCodec
+    it wraps is converted, as transformers' stereo MusicGens hold the mono
+    ``facebook/encodec_32khz`` and encode each channel with it):
 
     * audiocraft's ``HFEncodecCompressionModel`` (what the official MusicGen
       checkpoints load, itself a wrapper of ``facebook/encodec_32khz``): its
@@ -220,6 +298,14 @@ def audiocraft_codec_to_transformers(codec: Any) -> EncodecModel:
     """
     from transformers import EncodecConfig, EncodecModel
 
+    if type(codec).__name__ == "InterleaveStereoCompressionModel":
+        if getattr(codec, "per_timestep", False):
+            raise NoiseProbeError(
+                "Expected argument `codec` to interleave stereo codes per codebook "
+                "(per_timestep=False, as every released stereo MusicGen) but it interleaves "
+                "them per time step, which transformers' MusicGen does not do."
+            )
+        codec = codec.model
     inner = getattr(codec, "model", None)
     if isinstance(inner, EncodecModel):  # audiocraft's HFEncodecCompressionModel
         clone: Any = copy.deepcopy(inner)

@@ -58,7 +58,7 @@ def add_probe_parser(sub: Any) -> None:
     p.add_argument(
         "--model",
         default="tiny",
-        help="'tiny' (built offline; audiocraft also 'tiny-stereo', 'tiny-melody'), a local"
+        help="'tiny', 'tiny-stereo' or 'tiny-melody' (built offline), a local"
         " folder of weights, or a hub id (default tiny)",
     )
     p.add_argument(

@@ -20,6 +20,13 @@ its ``MIGRATION_GUIDE_V5.md`` and ``models/musicgen``). The differences it meets
 * **Saved processors**: 4 writes the feature extractor to ``preprocessor_config.json``,
   5 nests it in ``processor_config.json``; each reads its own (and 5 the old file), so
   :mod:`.hf_folder` lets ``save_pretrained`` pick.
+* **Composites built from parts**: 5.25's ``MusicgenForConditionalGeneration(text_encoder=,
+  audio_encoder=, decoder=)`` (the way transformers' own conversion script builds one)
+  leaves the decoder's ``config._attn_implementation`` ``None``; the decoder then
+  attends without its causal mask (transformers' own forward too: logits off by 0.045 on
+  ``tiny-stereo``, per-token NLL by up to 1.6 nats, measured). 4.57 keeps ``"sdpa"``.
+  :func:`unset_attention` finds such parts, and the backend refuses the model, saying
+  how to set it (fixing it in place would change the user's training).
 * **Tokenizer classes**: 5 keeps one class per model, ``T5TokenizerFast`` is an alias
   of ``T5Tokenizer`` (backed by ``tokenizers``): check ``isinstance(tok,
   T5TokenizerFast)``, never the class name.
@@ -46,22 +53,27 @@ __all__ = [
     "load_tokenizer",
     "musicgen_config",
     "output_cache",
+    "unset_attention",
 ]
 
 
-def musicgen_config(text_encoder: Any, audio_encoder: Any, decoder: Any) -> Any:
+def musicgen_config(text_encoder: Any, audio_encoder: Any, decoder: Any, **extra: Any) -> Any:
     """A ``MusicgenConfig`` from its three sub-configs (``T5Config``, ``EncodecConfig``,
-    ``MusicgenDecoderConfig``), as 4's ``from_sub_models_config`` made it.
+    ``MusicgenDecoderConfig``), as 4's ``from_sub_models_config`` made it; a
+    ``MusicgenMelodyConfig`` for a ``MusicgenMelodyDecoderConfig`` (``extra``: its
+    ``num_chroma``, ``chroma_length``).
 
     The sub-configs go in as dicts with their ``model_type``, which both majors' constructors
     accept (4's accepts only dicts, 5's dicts or config objects).
     """
-    from transformers import MusicgenConfig
+    from transformers import MusicgenConfig, MusicgenMelodyConfig
 
-    return MusicgenConfig(
+    melody = decoder.model_type == "musicgen_melody_decoder"
+    return (MusicgenMelodyConfig if melody else MusicgenConfig)(
         text_encoder=text_encoder.to_dict(),
         audio_encoder=audio_encoder.to_dict(),
         decoder=decoder.to_dict(),
+        **extra,
     )
 
 
@@ -117,3 +129,19 @@ def enable_activation_checkpointing(model: Any) -> None:
         enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def unset_attention(model: Any) -> list[str]:
+    """The parts of a composite MusicGen (``decoder``, ``text_encoder``) whose attention
+    implementation is unset (``config._attn_implementation`` is ``None``), in that order.
+
+    transformers 5 leaves the decoder's unset in a composite built from its parts, and the
+    decoder then attends without its causal mask. Empty for any model ``from_pretrained``
+    loaded and for 4.57's composites.
+    """
+    return [
+        name
+        for name in ("decoder", "text_encoder")
+        if getattr(getattr(getattr(model, name, None), "config", None), "_attn_implementation", "")
+        is None
+    ]

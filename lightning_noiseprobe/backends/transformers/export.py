@@ -76,7 +76,12 @@ def load_pretrained(model: str, dropout: float | None, base: str | None = None) 
         NoiseProbeError: if the folder holds no (complete) MusicGen or the hub
             id cannot be loaded (offline, not cached).
     """
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+    from transformers import (
+        MusicgenConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyConfig,
+        MusicgenMelodyForConditionalGeneration,
+    )
 
     from lightning_noiseprobe.backends.transformers.compat import load_tokenizer
 
@@ -94,27 +99,41 @@ def load_pretrained(model: str, dropout: float | None, base: str | None = None) 
                 "with `TransformersBackend.save` or `model.save_pretrained`."
             )
         model_type = _read_model_type(config_path)
-        if model_type != "musicgen":
+        if model_type not in _CLASSES:
             raise NoiseProbeError(
-                f"Expected the model folder {folder!r} to hold a MusicGen "
-                f"(model_type 'musicgen') but its {CONFIG_FILE} says {model_type!r}."
+                f"Expected the model folder {folder!r} to hold a MusicGen (model_type "
+                f"{' or '.join(map(repr, _CLASSES))}) but its {CONFIG_FILE} says {model_type!r}."
             )
-        source, local_only = folder, True
+        source, local_only, kind = folder, True, model_type
     elif os.path.exists(model) or looks_like_path(model):
         raise NoiseProbeError(
             f"Expected argument `model` to be 'tiny', an existing folder written by "
             f"`save_pretrained`, or a hub id, but {model!r} is not a folder."
         )
     else:
-        source, local_only = _HUB_SHORT_NAMES.get(model, model), hf_offline()
+        source, local_only, kind = _HUB_SHORT_NAMES.get(model, model), hf_offline(), None
 
+    classes: dict[str, tuple[Any, Any]] = {
+        "musicgen": (MusicgenConfig, MusicgenForConditionalGeneration),
+        "musicgen_melody": (MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration),
+    }
     try:
-        config = MusicgenConfig.from_pretrained(source, local_files_only=local_only)
+        kind = kind or _hub_model_type(source, local_only)
+    except (OSError, ValueError) as err:  # offline or not cached
+        raise NoiseProbeError(_load_message(source, local_only, err)) from err
+    if kind not in classes:
+        raise NoiseProbeError(
+            f"Expected hub id {source!r} to be a MusicGen (model_type "
+            f"{' or '.join(map(repr, _CLASSES))}) but its config says {kind!r}."
+        )
+    config_class, model_class = classes[kind]
+    try:
+        config = config_class.from_pretrained(source, local_files_only=local_only)
         if dropout is not None:
             config.decoder.dropout = dropout
             config.decoder.attention_dropout = dropout
             config.decoder.activation_dropout = dropout
-        loaded = MusicgenForConditionalGeneration.from_pretrained(
+        loaded = model_class.from_pretrained(
             source, config=config, local_files_only=local_only, dtype=torch.float32
         )
     except (OSError, ValueError) as err:  # missing/corrupt files; offline or not cached
@@ -157,6 +176,17 @@ def load_adapter(adapter: str, base: str, dropout: float | None) -> tuple[Any, A
             " this base (its adapter_config.json records base_model_name_or_path)."
         ) from err
     return wrapped.get_base_model(), tokenizer
+
+
+#: The composite models this backend loads, by their config's ``model_type``.
+_CLASSES = ("musicgen", "musicgen_melody")
+
+
+def _hub_model_type(source: str, local_only: bool) -> Any:
+    """The ``model_type`` of hub id ``source``'s config (``AutoConfig`` picks the class)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source, local_files_only=local_only).model_type
 
 
 def _read_model_type(config_path: str) -> Any:

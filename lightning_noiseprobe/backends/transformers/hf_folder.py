@@ -1,4 +1,4 @@
-"""The tiny transformers MusicGen as a real Hugging Face folder (tokenizer, processor, configs).
+"""The tiny transformers MusicGens as real Hugging Face folders (tokenizer, processor, configs).
 
 transformers' ``MusicgenProcessor`` accepts only a T5 tokenizer, and a
 folder needs the feature extractor's config for ``AutoProcessor``
@@ -97,7 +97,10 @@ def processor_for(model: Any, tokenizer: Any) -> Any:
     """A ``MusicgenProcessor`` for ``model``'s codec, or ``None`` if ``tokenizer`` is not a T5 one.
 
     The feature extractor is an ``EncodecFeatureExtractor`` at the codec's
-    rate and channels, without chunking (as the codec's config).
+    rate, without chunking (as the codec's config), for audio of the decoder's
+    channels (a stereo model takes 2-channel audio though its EnCodec is mono). A melody model
+    gets a ``MusicgenMelodyProcessor``, whose ``MusicgenMelodyFeatureExtractor``
+    (the melody's chroma) has the model's ``num_chroma`` and the codec's rate.
     """
     from transformers import (
         EncodecFeatureExtractor,
@@ -105,12 +108,25 @@ def processor_for(model: Any, tokenizer: Any) -> Any:
         T5Tokenizer,
         T5TokenizerFast,
     )
+    from transformers.models.musicgen_melody.feature_extraction_musicgen_melody import (
+        MusicgenMelodyFeatureExtractor,
+    )
+    from transformers.models.musicgen_melody.processing_musicgen_melody import (
+        MusicgenMelodyProcessor,
+    )
 
     if not isinstance(tokenizer, (T5Tokenizer, T5TokenizerFast)):
         return None
     codec = model.config.audio_encoder
+    if model.config.model_type == "musicgen_melody":
+        chroma = MusicgenMelodyFeatureExtractor(
+            feature_size=int(model.config.num_chroma),
+            num_chroma=int(model.config.num_chroma),
+            sampling_rate=int(codec.sampling_rate),
+        )
+        return MusicgenMelodyProcessor(feature_extractor=chroma, tokenizer=tokenizer)
     features = EncodecFeatureExtractor(
-        feature_size=int(codec.audio_channels),
+        feature_size=int(model.config.decoder.audio_channels),
         sampling_rate=int(codec.sampling_rate),
         padding_value=0.0,
         chunk_length_s=codec.chunk_length_s,
@@ -136,8 +152,23 @@ def save_hf_folder(model: Any, tokenizer: Any, tmp: str | os.PathLike[str], fina
         codec_config._name_or_path = before
     if tokenizer is None:
         return
+    _drop_call_padding(tokenizer)
     processor = processor_for(model, tokenizer)
     if processor is not None:
         processor.save_pretrained(tmp)  # tokenizer files + the feature extractor's config
     else:
         tokenizer.save_pretrained(tmp)
+
+
+def _drop_call_padding(tokenizer: Any) -> None:
+    """Forget the padding a ``tokenizer(..., padding=True)`` call left on a fast tokenizer.
+
+    The Rust tokenizer keeps the last call's padding, ``save_pretrained`` writes
+    it into ``tokenizer.json``, and a tokenizer loaded from there carries
+    ``pad_to_multiple_of`` in its init kwargs, which ``MusicgenProcessor`` passes on
+    to ``EncodecFeatureExtractor`` (``TypeError`` for ``processor(audio=..., text=...)``).
+    Harmless to the live tokenizer: every call sets its own padding again.
+    """
+    backend: Any = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and getattr(backend, "padding", None) is not None:
+        backend.no_padding()
