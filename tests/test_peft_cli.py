@@ -41,7 +41,9 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     backend = TransformersBackend(model="tiny", seed=0).load()
     base = backend.save(root / "base")
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
-    peft_model = get_peft_model(backend.musicgen, config)
+    with torch.random.fork_rng():  # lora_A is drawn from the global RNG: fix it here, so the
+        torch.manual_seed(0)  # adapter does not depend on which tests ran before in this process
+        peft_model = get_peft_model(backend.musicgen, config)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -101,7 +103,8 @@ def test_adapter_on_its_base_equals_the_merged_model(folders, tmp_path):
     assert on_base == pytest.approx(merged, abs=1e-4)
     recorded = json.loads((tmp_path / "a" / "metrics.json").read_text())["model"]
     assert recorded == f"{adapter} (PEFT adapter on {folders['base']})"
-    # the adapter is active: the tiny model's curve changes (1.15 vs 1.73 when written)
+    # the adapter is active: the curve changes (measured: peak_sharpness 0.82 vs 1.40,
+    # delta_loss 0.0019 vs 0.0059; the adapter is seeded, so these do not vary by test order)
     assert abs(on_base["peak_sharpness"] - base["peak_sharpness"]) > 0.1
     assert abs(on_base["delta_loss"] - base["delta_loss"]) > 1e-3
 
