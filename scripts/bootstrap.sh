@@ -9,4 +9,8 @@ if ! "$PY" -m uv --version >/dev/null 2>&1; then
   echo "bootstrap: installing uv with pip" >&2
   "$PY" -m pip install --quiet uv
 fi
-"$PY" -m uv sync --python "$("$PY" -c 'import sys; print(sys.executable)')" --extra audiocraft --extra transformers --extra peft --extra demo "$@"
+# --compile-bytecode: uv installs no .pyc, and with PYTHONDONTWRITEBYTECODE=1 (set on this
+# project's machines) Python never writes them, so every process compiled torch,
+# transformers and audiocraft again at import: 15.8 s to import them, 7.3 s compiled
+# (measured on the 2-core machine). Compiling once costs about 30 s; a synced .venv, 1 s.
+"$PY" -m uv sync --compile-bytecode --python "$("$PY" -c 'import sys; print(sys.executable)')" --extra audiocraft --extra transformers --extra peft --extra demo "$@"
