@@ -147,8 +147,8 @@ def scaled_down(monkeypatch: pytest.MonkeyPatch) -> None:
     tiny = {"dim": 64, "num_heads": 2, "num_layers": 2}
     monkeypatch.setitem(configs.MODEL_SCALES, "small", tiny)
     monkeypatch.setitem(configs.MODEL_SCALES, "medium", tiny)  # melody's scale
-    monkeypatch.setitem(configs._ENCODEC_32KHZ["seanet"], "n_filters", 4)
-    monkeypatch.setitem(configs._ENCODEC_32KHZ["seanet"], "dimension", 16)
+    monkeypatch.setitem(configs.ENCODEC_32KHZ["seanet"], "n_filters", 4)
+    monkeypatch.setitem(configs.ENCODEC_32KHZ["seanet"], "dimension", 16)
 
 
 def test_random_weights_are_drawn_as_audiocraft_draws_them(scaled_down) -> None:

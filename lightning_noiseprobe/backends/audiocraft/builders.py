@@ -28,6 +28,7 @@ import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends._common import TINY_SIZES, init_codebooks_from_audio
+from lightning_noiseprobe.backends.audiocraft.configs import ENCODEC_32KHZ, merge_config
 
 if TYPE_CHECKING:
     from audiocraft.models.musicgen import MusicGen
@@ -125,58 +126,21 @@ _LM_CFG: dict[str, Any] = {
     "dataset": {"segment_duration": "{segment_duration}"},
 }
 
+#: The EnCodec of every MusicGen (``configs.ENCODEC_32KHZ``: 32 kHz, hop 640, 4 x 2048
+#: RVQ codebooks) at the tiny widths, built on the CPU, without k-means initialisation
+#: (with it the codebooks stay zero until trained); no `no_quant` entry, as the tiny
+#: exports have always been written.
 _CODEC_CFG: dict[str, Any] = {
-    "device": "cpu",
-    "dtype": "float32",
-    "sample_rate": 32000,
-    "channels": 1,
-    "compression_model": "encodec",
-    "encodec": {
-        "autoencoder": "seanet",
-        "quantizer": "rvq",
-        "sample_rate": 32000,
-        "channels": 1,
-        "causal": False,
-        "renormalize": False,
-    },
-    "seanet": {
-        "dimension": "{codec_dim}",
-        "channels": 1,
-        "causal": False,
-        "n_filters": "{n_filters}",
-        "n_residual_layers": 1,
-        "ratios": [8, 5, 4, 4],  # hop 640: 50 Hz at 32 kHz
-        "activation": "ELU",
-        "activation_params": {"alpha": 1.0},
-        "norm": "weight_norm",
-        "norm_params": {},
-        "kernel_size": 7,
-        "residual_kernel_size": 3,
-        "last_kernel_size": 7,
-        "dilation_base": 2,
-        "pad_mode": "constant",
-        "true_skip": True,
-        "compress": 2,
-        "lstm": 2,
-        "disable_norm_outer_blocks": 0,
-        "decoder": {
-            "trim_right_ratio": 1.0,
-            "final_activation": None,
-            "final_activation_params": None,
+    key: value
+    for key, value in merge_config(
+        ENCODEC_32KHZ,
+        {
+            "device": "cpu",
+            "seanet": {"dimension": "{codec_dim}", "n_filters": "{n_filters}"},
+            "rvq": {"kmeans_init": False},
         },
-        "encoder": {},
-    },
-    "rvq": {
-        "n_q": 4,
-        "q_dropout": False,
-        "bins": 2048,
-        "decay": 0.99,
-        "kmeans_init": False,  # with k-means init the codebooks stay zero until trained
-        "kmeans_iters": 50,
-        "threshold_ema_dead_code": 2,
-        "orthogonal_reg_weight": 0.0,
-        "orthogonal_reg_active_codes_only": False,
-    },
+    ).items()
+    if key != "no_quant"
 }
 
 
@@ -227,17 +191,6 @@ _VARIANTS: dict[str, dict[str, Any]] = {
 
 #: The tiny models' names (the ``model`` argument of the backend, the module and the CLI).
 TINY_MODELS: tuple[str, ...] = tuple(_VARIANTS)
-
-
-def _merged(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``change`` merged in (nested dicts merged, anything else replaced)."""
-    out = dict(base)
-    for key, value in change.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _fill(template: Any, values: dict[str, Any]) -> Any:
@@ -327,7 +280,7 @@ def build_tiny_parts(seed: int, overrides: dict[str, Any], model: str = "tiny") 
     )
 
     values = {**TINY_DEFAULTS, **overrides}
-    lm_cfg = OmegaConf.create(_fill(_merged(_LM_CFG, _VARIANTS[model]), values))
+    lm_cfg = OmegaConf.create(_fill(merge_config(_LM_CFG, _VARIANTS[model]), values))
     codec_cfg = OmegaConf.create(_fill(_CODEC_CFG, values))
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), building_lms():
         warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)

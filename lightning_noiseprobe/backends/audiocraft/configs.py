@@ -171,7 +171,7 @@ _LM_BASE: dict[str, Any] = {
 #: ``compression_state_dict.bin`` holds): ``config/model/encodec/default.yaml``
 #: with ``encodec_large_nq4_s640.yaml`` (ratios, n_filters, rvq bins and n_q) and
 #: ``config/solver/compression/encodec_musicgen_32khz.yaml`` (32 kHz mono).
-_ENCODEC_32KHZ: dict[str, Any] = {
+ENCODEC_32KHZ: dict[str, Any] = {
     "device": "cuda",
     "dtype": "float32",
     "sample_rate": 32000,
@@ -254,11 +254,13 @@ REAL_MODELS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``override`` merged in (nested dicts merged, anything
+    else replaced): how these configurations, and the tiny ones, are composed."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_config(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -289,7 +291,7 @@ def real_config(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
             f"Expected argument `name` to be one of {sorted(REAL_MODELS)} but got {name!r}."
         )
     scale, conditioner, overrides = REAL_MODELS[name]
-    lm_cfg = _merge(_LM_BASE, conditioner)
-    lm_cfg = _merge(lm_cfg, {"transformer_lm": MODEL_SCALES[scale]})
-    lm_cfg = _merge(lm_cfg, overrides)
-    return lm_cfg, copy.deepcopy(_ENCODEC_32KHZ)
+    lm_cfg = merge_config(_LM_BASE, conditioner)
+    lm_cfg = merge_config(lm_cfg, {"transformer_lm": MODEL_SCALES[scale]})
+    lm_cfg = merge_config(lm_cfg, overrides)
+    return lm_cfg, copy.deepcopy(ENCODEC_32KHZ)
