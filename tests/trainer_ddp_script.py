@@ -75,6 +75,11 @@ def main() -> None:
         prober = NoiseProber(probe_dir, cache_dir="none", batch_size=1, **SPEC)
         metrics, _ = prober.probe(backend)  # world size 1
         (out / "reference.json").write_text(json.dumps(metrics))
+    # Both ranks leave together, the process group torn down: rank 1 exiting while rank 0
+    # still worked, its gloo group alive, once aborted ("terminate called without an
+    # active exception", exit -6) after everything had been written.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
