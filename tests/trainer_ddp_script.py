@@ -13,8 +13,11 @@ Usage: torchrun --nproc_per_node 2 trainer_ddp_script.py PROBE_DIR OUT_DIR
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -30,6 +33,10 @@ SPEC = {"onset": 60, "lengths": (5, 20), "clip_seconds": 4.0}
 
 
 def main() -> None:
+    # A hang anywhere prints every thread's stack and exits 1 (torchrun then stops the other
+    # rank), so the test fails with the place instead of waiting out its timeout. The
+    # script needs about 10 s (3 times that with the CPUs taken by other work).
+    faulthandler.dump_traceback_later(240, exit=True)
     probe_dir, out = sys.argv[1], Path(sys.argv[2])
     model, tokenizer = build_tiny_transformers_musicgen(0)
     model.config.decoder.decoder_start_token_id = model.config.decoder.bos_token_id
@@ -75,11 +82,17 @@ def main() -> None:
         prober = NoiseProber(probe_dir, cache_dir="none", batch_size=1, **SPEC)
         metrics, _ = prober.probe(backend)  # world size 1
         (out / "reference.json").write_text(json.dumps(metrics))
-    # Both ranks leave together, the process group torn down: rank 1 exiting while rank 0
-    # still worked, its gloo group alive, once aborted ("terminate called without an
-    # active exception", exit -6) after everything had been written.
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    # Both ranks leave together, once every collective is done; a rank that does not
+    # arrive within the timeout is named in the error (gloo's monitored barrier). Then the
+    # process ends without tearing gloo down: destroy_process_group() can hang
+    # (pytorch/pytorch#75097; a CI run once waited out the test's 600 s after both ranks
+    # had trained), and exiting with the group alive can abort in interpreter finalisation
+    # ("terminate called without an active exception", exit -6; pytorch/pytorch#179291).
+    # Every result is written and closed above.
+    torch.distributed.monitored_barrier(timeout=timedelta(seconds=120))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
