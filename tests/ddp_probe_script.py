@@ -8,6 +8,7 @@ Usage: python ddp_probe_script.py PROBE_DIR OUT_DIR
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 import warnings
@@ -35,6 +36,7 @@ class Seen(Callback):
 
 
 def main() -> None:
+    faulthandler.dump_traceback_later(240, exit=True)  # a hang fails with every stack
     probe_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     warnings.filterwarnings("ignore")
     pl.seed_everything(0)

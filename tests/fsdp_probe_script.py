@@ -11,6 +11,7 @@ Usage: python fsdp_probe_script.py PROBE_DIR OUT_DIR [--no-probe] [--transformer
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 import warnings
@@ -46,6 +47,7 @@ class Record(Callback):
 
 
 def main() -> None:
+    faulthandler.dump_traceback_later(240, exit=True)  # a hang fails with every stack
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     probe_dir, out = Path(sys.argv[1]), Path(sys.argv[2])

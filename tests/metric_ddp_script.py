@@ -16,6 +16,7 @@ plus ``"regions"``; OUT_DIR/rank<r>.json holds one record per file.)
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import socket
@@ -53,6 +54,7 @@ def one_file(curves_path: str, rank: int, world: int) -> dict:
 
 
 def run(rank: int, world: int, port: int, out_dir: str, curves: list[str]) -> None:
+    faulthandler.dump_traceback_later(240, exit=True)  # a hang fails with every stack
     warnings.filterwarnings("ignore")
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
