@@ -28,7 +28,14 @@ import torch
 
 from lightning_noiseprobe._errors import NoiseProbeError
 from lightning_noiseprobe.backends._common import TINY_SIZES, init_codebooks_from_audio
-from lightning_noiseprobe.backends.audiocraft.configs import ENCODEC_32KHZ, merge_config
+from lightning_noiseprobe.backends.audiocraft.configs import (
+    CHROMA2MUSIC,
+    ENCODEC_32KHZ,
+    LM_BASE,
+    STEREO,
+    TEXT2MUSIC,
+    merge_config,
+)
 
 if TYPE_CHECKING:
     from audiocraft.models.musicgen import MusicGen
@@ -55,75 +62,34 @@ TINY_DEFAULTS: dict[str, Any] = {
     "segment_duration": 30,  # seconds, MusicGen's training segment (sets max generation length)
 }
 
-# The parts of audiocraft's composed Hydra configs that its builders and loaders
-# read. The audiocraft wheel does not ship its `config/` folder, so these are
-# copied from `solver=musicgen/musicgen_base_32khz model/lm/model_scale=xsmall`
-# and `solver=compression/encodec_musicgen_32khz` (audiocraft 1.3.0), with the
-# T5 conditioner replaced by a LUT and the `{size}` entries filled in from
-# TINY_DEFAULTS.
+#: The tiny LM: `facebook/musicgen-small`'s config (``configs.LM_BASE`` with
+#: ``configs.TEXT2MUSIC``) at the tiny sizes (the ``{size}`` entries, filled from
+#: TINY_DEFAULTS), built on the CPU with no codec checkpoint, its T5 description replaced
+#: by a LUT with the `noop` tokenizer (one token per text, no download; `whitespace` needs
+#: a spaCy model); no `interleave_stereo_codebooks` or `compression_model_n_q` entry, as
+#: the tiny exports have always been written.
 _LM_CFG: dict[str, Any] = {
-    "device": "cpu",
-    "dtype": "float32",
-    "sample_rate": 32000,
-    "channels": 1,
-    "compression_model_checkpoint": None,
-    "lm_model": "transformer_lm",
-    "transformer_lm": {
-        "dim": "{dim}",
-        "num_heads": "{num_heads}",
-        "num_layers": "{num_layers}",
-        "hidden_scale": 4,
-        "n_q": 4,
-        "card": 2048,
-        "dropout": 0.0,
-        "emb_lr": None,
-        "activation": "gelu",
-        "norm_first": True,
-        "bias_ff": False,
-        "bias_attn": False,
-        "bias_proj": False,
-        "past_context": None,
-        "causal": True,
-        "custom": False,
-        "memory_efficient": True,
-        "attention_as_float32": False,
-        "layer_scale": None,
-        "positional_embedding": "sin",
-        "xpos": False,
-        "checkpointing": "none",
-        "weight_init": "gaussian",
-        "depthwise_init": "current",
-        "zero_bias_init": True,
-        "norm": "layer_norm",
-        "cross_attention": False,
-        "qk_layer_norm": False,
-        "qk_layer_norm_cross": False,
-        "attention_dropout": None,
-        "kv_repeat": 1,
-        "two_step_cfg": False,
-    },
-    "codebooks_pattern": {
-        "modeling": "delay",
-        "delay": {"delays": [0, 1, 2, 3], "flatten_first": 0, "empty_initial": 0},
-    },
-    "attribute_dropout": {},
-    "classifier_free_guidance": {"training_dropout": 0.3, "inference_coef": 3.0},
-    "fuser": {
-        "cross_attention_pos_emb": False,
-        "cross_attention_pos_emb_scale": 1,
-        "sum": [],
-        "prepend": [],
-        "cross": ["description"],
-        "input_interpolate": [],
-    },
-    "conditioners": {
-        "description": {
-            "model": "lut",
-            # `noop`: one token per text, no download (`whitespace` needs a spaCy model).
-            "lut": {"n_bins": "{lut_bins}", "dim": "{lut_dim}", "tokenizer": "noop"},
-        }
-    },
-    "dataset": {"segment_duration": "{segment_duration}"},
+    key: value
+    for key, value in merge_config(
+        merge_config(LM_BASE, TEXT2MUSIC),
+        {
+            "device": "cpu",
+            "compression_model_checkpoint": None,
+            "transformer_lm": {
+                "dim": "{dim}",
+                "num_heads": "{num_heads}",
+                "num_layers": "{num_layers}",
+            },
+            "dataset": {"segment_duration": "{segment_duration}"},
+        },
+    ).items()
+    if key not in ("interleave_stereo_codebooks", "compression_model_n_q")
+}
+_LM_CFG["conditioners"] = {
+    "description": {
+        "model": "lut",
+        "lut": {"n_bins": "{lut_bins}", "dim": "{lut_dim}", "tokenizer": "noop"},
+    }
 }
 
 #: The EnCodec of every MusicGen (``configs.ENCODEC_32KHZ``: 32 kHz, hop 640, 4 x 2048
@@ -144,48 +110,19 @@ _CODEC_CFG: dict[str, Any] = {
 }
 
 
-#: What the hub's stereo models change in the LM config (audiocraft's
-#: `grids/musicgen/musicgen_stereo_finetune_32khz.py`): 8 interleaved codebooks
-#: (left and right codes of one EnCodec codebook side by side), each pair with
-#: the same delay, and the codec wrapped in `InterleaveStereoCompressionModel`
-#: when `MusicGen` is built (`builders.get_wrapped_compression_model`). The codec
-#: file stays the mono EnCodec.
-_STEREO_LM: dict[str, Any] = {
-    "channels": 2,
-    "transformer_lm": {"n_q": 8},
-    "codebooks_pattern": {"delay": {"delays": [0, 0, 1, 1, 2, 2, 3, 3]}},
-    "interleave_stereo_codebooks": {"use": True, "per_timestep": False},
-}
-
-#: What `conditioner=chroma2music` (audiocraft's `config/conditioner/chroma2music.yaml`,
-#: the config of `facebook/musicgen-melody`) changes: a chroma melody condition
-#: (`self_wav`) and the description, both prepended to the sequence, nothing
-#: through cross-attention. The description keeps the tiny LUT (T5 needs a
-#: download; see `tests/test_t5_offline.py` for the real T5 path).
+#: What `conditioner=chroma2music` (``configs.CHROMA2MUSIC``, the config of
+#: `facebook/musicgen-melody`) changes: a chroma melody condition (`self_wav`) and the
+#: description, both prepended to the sequence, nothing through cross-attention. The
+#: description keeps the tiny LUT (T5 needs a download; see `tests/test_t5_offline.py`
+#: for the real T5 path).
 _MELODY_LM: dict[str, Any] = {
-    "classifier_free_guidance": {"training_dropout": 0.2, "inference_coef": 3.0},
-    "attribute_dropout": {"args": {"active_on_eval": False}, "text": {}, "wav": {"self_wav": 0.5}},
-    "fuser": {"prepend": ["self_wav", "description"], "cross": []},
-    "conditioners": {
-        "self_wav": {
-            "model": "chroma_stem",
-            "chroma_stem": {
-                "sample_rate": 32000,
-                "n_chroma": 12,
-                "radix2_exp": 14,
-                "argmax": True,
-                "match_len_on_eval": False,
-                "eval_wavs": None,
-                "n_eval_wavs": 100,
-                "cache_path": None,
-            },
-        },
-    },
+    **{key: value for key, value in CHROMA2MUSIC.items() if key != "conditioners"},
+    "conditioners": {"self_wav": CHROMA2MUSIC["conditioners"]["self_wav"]},
 }
 
 _VARIANTS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "tiny-stereo": _STEREO_LM,
+    "tiny-stereo": STEREO,  # as `facebook/musicgen-stereo-small`
     "tiny-melody": _MELODY_LM,
 }
 

@@ -32,7 +32,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["HUB_LM_DTYPE", "MODEL_SCALES", "REAL_MODELS", "real_config"]
+__all__ = [
+    "CHROMA2MUSIC",
+    "ENCODEC_32KHZ",
+    "HUB_LM_DTYPE",
+    "LM_BASE",
+    "MODEL_SCALES",
+    "REAL_MODELS",
+    "STEREO",
+    "TEXT2MUSIC",
+    "merge_config",
+    "real_config",
+]
 
 #: How the hub stores the LM weights (``state_dict.bin``); the codec is float32.
 HUB_LM_DTYPE = torch.float16
@@ -82,8 +93,8 @@ _TRANSFORMER_LM: dict[str, Any] = {
     "two_step_cfg": False,
 }
 
-# `config/conditioner/text2music.yaml`: T5 text conditioning through cross-attention.
-_TEXT2MUSIC: dict[str, Any] = {
+#: `config/conditioner/text2music.yaml`: T5 text conditioning through cross-attention.
+TEXT2MUSIC: dict[str, Any] = {
     "classifier_free_guidance": {"training_dropout": 0.3, "inference_coef": 3.0},
     "attribute_dropout": {},
     "fuser": {
@@ -107,9 +118,9 @@ _TEXT2MUSIC: dict[str, Any] = {
     },
 }
 
-# `config/conditioner/chroma2music.yaml`: melody (chroma of the demucs-separated
-# stems) prepended, then the T5 description, also prepended.
-_CHROMA2MUSIC: dict[str, Any] = {
+#: `config/conditioner/chroma2music.yaml`: melody (chroma of the demucs-separated
+#: stems) prepended, then the T5 description, also prepended.
+CHROMA2MUSIC: dict[str, Any] = {
     "classifier_free_guidance": {"training_dropout": 0.2, "inference_coef": 3.0},
     "attribute_dropout": {"args": {"active_on_eval": False}, "text": {}, "wav": {"self_wav": 0.5}},
     "fuser": {
@@ -146,11 +157,11 @@ _CHROMA2MUSIC: dict[str, Any] = {
     },
 }
 
-# The LM's xp.cfg around its model: `config/config.yaml` (device, dtype),
-# `config/solver/musicgen/default.yaml` (dataset.segment_duration,
-# interleave_stereo_codebooks, compression_model_n_q) and
-# `config/solver/musicgen/musicgen_base_32khz.yaml` (sample_rate, channels, the codec).
-_LM_BASE: dict[str, Any] = {
+#: The LM's xp.cfg around its model: `config/config.yaml` (device, dtype),
+#: `config/solver/musicgen/default.yaml` (dataset.segment_duration,
+#: interleave_stereo_codebooks, compression_model_n_q) and
+#: `config/solver/musicgen/musicgen_base_32khz.yaml` (sample_rate, channels, the codec).
+LM_BASE: dict[str, Any] = {
     "device": "cuda",  # audiocraft's loaders replace it (and dtype) by the loading device's
     "dtype": "float32",
     "sample_rate": 32000,
@@ -226,10 +237,11 @@ ENCODEC_32KHZ: dict[str, Any] = {
     "no_quant": {},
 }
 
-# `audiocraft/grids/musicgen/musicgen_stereo_finetune_32khz.py` (and
-# docs/MUSICGEN.md, "Training stereo models"): two mono token streams interleaved
-# per codebook, [1_L, 1_R, 2_L, 2_R, ...], by the same mono EnCodec.
-_STEREO: dict[str, Any] = {
+#: What the stereo models change (`audiocraft/grids/musicgen/musicgen_stereo_finetune_32khz.py`
+#: and docs/MUSICGEN.md, "Training stereo models"): two mono token streams interleaved
+#: per codebook, [1_L, 1_R, 2_L, 2_R, ...], by the same mono EnCodec (wrapped in
+#: `InterleaveStereoCompressionModel` when `MusicGen` is built), each pair with one delay.
+STEREO: dict[str, Any] = {
     "channels": 2,
     "interleave_stereo_codebooks": {"use": True, "per_timestep": False},
     "transformer_lm": {"n_q": 8},
@@ -245,12 +257,12 @@ _LARGE_GRID: dict[str, Any] = {
 
 #: Each released model: (model scale, conditioner config, overrides).
 REAL_MODELS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "small": ("small", _TEXT2MUSIC, {}),  # facebook/musicgen-small
-    "medium": ("medium", _TEXT2MUSIC, {}),  # facebook/musicgen-medium
-    "large": ("large", _TEXT2MUSIC, _LARGE_GRID),  # facebook/musicgen-large
+    "small": ("small", TEXT2MUSIC, {}),  # facebook/musicgen-small
+    "medium": ("medium", TEXT2MUSIC, {}),  # facebook/musicgen-medium
+    "large": ("large", TEXT2MUSIC, _LARGE_GRID),  # facebook/musicgen-large
     # facebook/musicgen-melody: the melody solver (musicgen_melody_32khz.yaml) at medium scale
-    "melody": ("medium", _CHROMA2MUSIC, {}),
-    "stereo-small": ("small", _TEXT2MUSIC, _STEREO),  # facebook/musicgen-stereo-small
+    "melody": ("medium", CHROMA2MUSIC, {}),
+    "stereo-small": ("small", TEXT2MUSIC, STEREO),  # facebook/musicgen-stereo-small
 }
 
 
@@ -291,7 +303,7 @@ def real_config(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
             f"Expected argument `name` to be one of {sorted(REAL_MODELS)} but got {name!r}."
         )
     scale, conditioner, overrides = REAL_MODELS[name]
-    lm_cfg = merge_config(_LM_BASE, conditioner)
+    lm_cfg = merge_config(LM_BASE, conditioner)
     lm_cfg = merge_config(lm_cfg, {"transformer_lm": MODEL_SCALES[scale]})
     lm_cfg = merge_config(lm_cfg, overrides)
     return lm_cfg, copy.deepcopy(ENCODEC_32KHZ)
