@@ -9,14 +9,16 @@ setup:
 demo: setup
 	$(PY) -m lightning_noiseprobe.cli demo $(ARGS)
 
-# One thread per test worker unless OMP_NUM_THREADS says otherwise: two xdist workers on
-# 2 cores, each with torch's default of a thread per core, oversubscribe them (the suite
-# took 8 min 2 s that way, 4 min 6 s with OMP_NUM_THREADS=1, idle 2-core machine). The
-# suite passes with either; `OMP_NUM_THREADS=2 make test` runs it at 2 threads.
+# One thread per test worker unless OMP_NUM_THREADS says otherwise, and as many workers
+# (at most 2) as the cores hold at that many threads: two xdist workers on 2 cores, each
+# with 2 threads, oversubscribe them (the suite took 10 min 32 s that way, 3 min 18 s at
+# one thread per worker, idle 2-core Intel Xeon). `OMP_NUM_THREADS=2 make test` runs the
+# suite at 2 threads in one worker.
 TEST_THREADS = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
+TEST_WORKERS = $$(n=$$(( $$(nproc) / $${OMP_NUM_THREADS:-1} )); echo $$(( n < 1 ? 1 : n > 2 ? 2 : n )))
 
 test: setup
-	$(TEST_THREADS) $(PY) -m pytest -n 2 $(ARGS)
+	$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) $(ARGS)
 
 # The newest releases that pyproject.toml's ranges allow: scripts/latest_env.sh builds
 # .venv-latest afresh (the README's "Install without make" steps, uv, no [tool.uv] pins),
@@ -26,7 +28,7 @@ LATEST_ARGS ?= -m latest
 test-latest:
 	./scripts/latest_env.sh
 	.venv-latest/bin/python scripts/versions.py "newest releases"
-	$(TEST_THREADS) .venv-latest/bin/python -m pytest -n 2 $(LATEST_ARGS) $(ARGS)
+	$(TEST_THREADS) .venv-latest/bin/python -m pytest -n $(TEST_WORKERS) $(LATEST_ARGS) $(ARGS)
 
 lint: setup
 	.venv/bin/ruff check lightning_noiseprobe tests examples benchmarks
