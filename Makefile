@@ -11,9 +11,8 @@ demo: setup
 
 # One thread per test worker unless OMP_NUM_THREADS says otherwise, and as many workers
 # (at most 2) as the cores hold at that many threads: two xdist workers on 2 cores, each
-# with 2 threads, oversubscribe them (the suite took 10 min 32 s that way, 3 min 18 s at
-# one thread per worker, idle 2-core Intel Xeon). `OMP_NUM_THREADS=2 make test` runs the
-# suite at 2 threads in one worker.
+# with 2 threads, oversubscribe them (the suite took 10 min 32 s that way, 5 min 32 s in
+# one 2-thread worker, 3 min 18 s in two 1-thread workers; idle 2-core Intel Xeon).
 TEST_THREADS = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 TEST_WORKERS = $$(n=$$(( $$(nproc) / $${OMP_NUM_THREADS:-1} )); echo $$(( n < 1 ? 1 : n > 2 ? 2 : n )))
 
