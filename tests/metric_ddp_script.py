@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from dist_helpers import leave_process_group
 
 from lightning_noiseprobe.metrics import PeakShape, clip_shard, gather_clips
 
@@ -59,15 +60,13 @@ def run(rank: int, world: int, port: int, out_dir: str, curves: list[str]) -> No
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        record = {
-            "rank": rank,
-            "world_size": dist.get_world_size(),
-            "files": [one_file(path, rank, world) for path in curves],
-        }
-        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(record))
-    finally:
-        dist.destroy_process_group()
+    record = {
+        "rank": rank,
+        "world_size": dist.get_world_size(),
+        "files": [one_file(path, rank, world) for path in curves],
+    }
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(record))
+    leave_process_group()  # both ranks together; no gloo teardown (see there)
 
 
 def main() -> None:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import faulthandler
 import json
-import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import torch
+from dist_helpers import leave_process_group
 from transformers import Trainer, TrainingArguments
 
 from lightning_noiseprobe import NoiseProber, NoiseProbeTrainerCallback
@@ -82,17 +81,7 @@ def main() -> None:
         prober = NoiseProber(probe_dir, cache_dir="none", batch_size=1, **SPEC)
         metrics, _ = prober.probe(backend)  # world size 1
         (out / "reference.json").write_text(json.dumps(metrics))
-    # Both ranks leave together, once every collective is done; a rank that does not
-    # arrive within the timeout is named in the error (gloo's monitored barrier). Then the
-    # process ends without tearing gloo down: destroy_process_group() can hang
-    # (pytorch/pytorch#75097; a CI run once waited out the test's 600 s after both ranks
-    # had trained), and exiting with the group alive can abort in interpreter finalisation
-    # ("terminate called without an active exception", exit -6; pytorch/pytorch#179291).
-    # Every result is written and closed above.
-    torch.distributed.monitored_barrier(timeout=timedelta(seconds=120))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_process_group()  # both ranks together; no gloo teardown (see there)
 
 
 if __name__ == "__main__":
