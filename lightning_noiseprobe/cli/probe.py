@@ -143,6 +143,12 @@ class ProbeSetArgs:
     files: list[Path]
 
 
+def _autocast(precision: str) -> str:
+    """The autocast precision of a ``--precision`` value: ``bf16-true`` loads the LM's
+    weights in bfloat16 and computes in it, with no autocast on top (``"32"``)."""
+    return "32" if precision == "bf16-true" else precision
+
+
 def check_probe_set_args(args: argparse.Namespace) -> ProbeSetArgs:
     """Check the flags of :func:`add_probe_set_flags` before any work: the spec, the device,
     ``--out`` and ``--cache-dir`` writable, the audio files found.
@@ -171,8 +177,7 @@ def check_probe_set_args(args: argparse.Namespace) -> ProbeSetArgs:
     from lightning_noiseprobe.probe.runner import precision_context
 
     with _flag_names({"precision": "--precision"}):  # fp16 needs CUDA: say so before any work
-        # bf16-true scores bfloat16 weights without autocast: checked as "32"
-        precision_context("32" if args.precision == "bf16-true" else args.precision, device)
+        precision_context(_autocast(args.precision), device)
     out = Path(args.out)
     _require_writable("--out", out, folder=True)
     cache_dir: Path | None
@@ -213,9 +218,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     adapter = {} if args.base is None else {"base": args.base}  # an adapter folder goes onto it
     import torch
 
-    # bf16-true: the weights are loaded in bfloat16 and compute in it; no autocast on top
     weights = {"dtype": torch.bfloat16} if args.precision == "bf16-true" else {}
-    precision = "32" if weights else args.precision
+    precision = _autocast(args.precision)
     backend = get_backend(
         args.backend, model=args.model, device=device, **adapter, **weights
     ).load()
